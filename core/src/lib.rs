@@ -1,0 +1,15 @@
+//! glimpse-core: the `no_std`, heap-free runtime. It reads a weights image in place from a
+//! `&[u8]`, and (as the capabilities land) plans one arena and runs FastViTHD, the
+//! projector and the decoder inside it.
+#![no_std]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod image;
+
+pub use image::{Image, ImageError, TensorView};
