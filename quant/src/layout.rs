@@ -160,7 +160,7 @@ impl DType {
         let (&inner, outer) = shape.split_last()?;
         let inner = inner as u64;
         let be = self.block_elems() as u64;
-        if inner % be != 0 {
+        if !inner.is_multiple_of(be) {
             return None;
         }
         let mut rows: u64 = 1;
@@ -370,7 +370,8 @@ pub struct TensorEntry {
 impl TensorEntry {
     /// The dimensions in use.
     pub fn dims(&self) -> &[u32] {
-        &self.shape[..self.rank as usize]
+        // `decode` guarantees rank <= MAX_DIMS; `get` keeps hand-built entries panic-free.
+        self.shape.get(..self.rank as usize).unwrap_or(&self.shape)
     }
 
     /// Number of logical elements.
@@ -728,7 +729,10 @@ mod tests {
         assert_eq!(TensorEntry::decode(&b), Ok(e));
         let mut bad = b;
         bad[6] = 99;
-        assert_eq!(TensorEntry::decode(&bad), Err(LayoutError::UnknownDType(99)));
+        assert_eq!(
+            TensorEntry::decode(&bad),
+            Err(LayoutError::UnknownDType(99))
+        );
         let mut bad = b;
         bad[7] = 5;
         assert_eq!(TensorEntry::decode(&bad), Err(LayoutError::BadRank(5)));

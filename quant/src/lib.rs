@@ -2,8 +2,8 @@
 //! decoders that import GGUF checkpoints, and the weights-image byte layout shared by the
 //! host writer and the device reader.
 //!
-//! `no_std` and allocation-free. The `std` feature adds host-only encoders (quantizers)
-//! and the image writer.
+//! `no_std` and allocation-free, encoders included (the device quantizes activations
+//! with the same code). The `std` feature adds the host-side image writer.
 #![no_std]
 #![cfg_attr(
     not(test),
@@ -13,7 +13,14 @@
 #[cfg(any(feature = "std", test))]
 extern crate std;
 
+pub mod blocks;
 pub mod crc32;
+pub mod error;
+pub mod fp8;
+pub mod gguf;
 pub mod layout;
 
+pub use blocks::{dequantize_row, quantize_row};
+pub use error::QuantError;
+pub use gguf::GgmlType;
 pub use layout::DType;
