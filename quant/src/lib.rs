@@ -19,6 +19,8 @@ pub mod error;
 pub mod fp8;
 pub mod gguf;
 pub mod layout;
+#[cfg(feature = "std")]
+pub mod writer;
 
 pub use blocks::{dequantize_row, quantize_row};
 pub use error::QuantError;
