@@ -1,12 +1,9 @@
 //! `glimpse`: the host tool. Converts checkpoints to weights images and inspects them.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
-
-mod convert;
-mod inspect;
+use clap::{Parser, Subcommand};
+use glimpse_tools::{ConvertArgs, InspectArgs, convert, inspect};
 
 #[derive(Debug, Parser)]
 #[command(name = "glimpse", version, about = "On-device FastVLM runtime: host tool")]
@@ -15,74 +12,12 @@ struct Cli {
     command: Command,
 }
 
-/// Format of quantized matrices in a converted image.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum QuantArg {
-    /// int8 blocks of 32 with an f16 scale (GGUF Q8_0).
-    #[value(name = "q8_0")]
-    Q8_0,
-    /// FP8 E4M3 blocks of 32 with an f16 scale.
-    E4m3,
-    /// FP8 E5M2 blocks of 32 with an f16 scale.
-    E5m2,
-    /// OCP MXFP8 (E4M3 elements, E8M0 block scale, RCEIL).
-    Mxfp8,
-    /// Everything in f16.
-    F16,
-    /// Everything in f32.
-    F32,
-}
-
-/// Format of tensors that are never quantized (norms, biases, layer scales, depthwise kernels).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum KeepArg {
-    /// IEEE binary32.
-    F32,
-    /// IEEE binary16.
-    F16,
-}
-
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Convert an HF checkpoint (directory or .safetensors) or a GGUF file to a .glim image.
     Convert(ConvertArgs),
     /// Show an image's config and tensor table and verify its checksums.
     Inspect(InspectArgs),
-}
-
-/// Arguments of `glimpse convert`.
-#[derive(Debug, clap::Args)]
-pub struct ConvertArgs {
-    /// Checkpoint directory (config.json + *.safetensors), a .safetensors file or a .gguf file.
-    pub input: PathBuf,
-    /// Output image path.
-    #[arg(short, long)]
-    pub output: PathBuf,
-    /// Format of the quantized matrices.
-    #[arg(long, value_enum, default_value = "q8_0")]
-    pub quant: QuantArg,
-    /// Format of tensors kept unquantized.
-    #[arg(long, value_enum, default_value = "f32")]
-    pub keep: KeepArg,
-    /// config.json to use with a single .safetensors file (default: one beside it).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// tokenizer.json to carry into the image (default: one beside the checkpoint).
-    #[arg(long)]
-    pub tokenizer: Option<PathBuf>,
-    /// Print no per-tensor table and no progress bar.
-    #[arg(short, long)]
-    pub quiet: bool,
-}
-
-/// Arguments of `glimpse inspect`.
-#[derive(Debug, clap::Args)]
-pub struct InspectArgs {
-    /// The .glim image.
-    pub image: PathBuf,
-    /// Print one JSON object instead of tables.
-    #[arg(long)]
-    pub json: bool,
 }
 
 fn main() -> ExitCode {
