@@ -59,7 +59,7 @@ fn random_block(rng: &mut Rng, lo: f64, hi: f64) -> [f32; 32] {
     for v in &mut b {
         *v = rng.gauss() * s;
     }
-    if rng.next() % 4 == 0 {
+    if rng.next().is_multiple_of(4) {
         b[(rng.next() % 32) as usize] = s * 40.0 * if rng.next() & 1 == 0 { 1.0 } else { -1.0 };
     }
     b

@@ -27,7 +27,9 @@ pub fn cache_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("GLIMPSE_CACHE") {
         return PathBuf::from(p);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
     home.join(".cache").join("glimpse")
 }
 
@@ -42,7 +44,10 @@ impl AlignedBytes {
     /// Copy `bytes` into a fresh aligned buffer.
     pub fn new(bytes: &[u8]) -> Self {
         let mut words = vec![[0u64; 8]; bytes.len().div_ceil(64)];
-        let mut out = Self { words: Vec::new(), len: bytes.len() };
+        let mut out = Self {
+            words: Vec::new(),
+            len: bytes.len(),
+        };
         // SAFETY: [u64; 8] is 64 plain bytes with no padding; the slice covers exactly the
         // allocation, and `bytes.len()` <= 64 * words.len().
         let dst = unsafe {

@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use glimpse_tools::{ConvertArgs, InspectArgs, convert, inspect};
 
 #[derive(Debug, Parser)]
-#[command(name = "glimpse", version, about = "On-device FastVLM runtime: host tool")]
+#[command(
+    name = "glimpse",
+    version,
+    about = "On-device FastVLM runtime: host tool"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
