@@ -10,6 +10,11 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod arena;
+pub mod decoder;
+pub mod error;
 pub mod image;
+pub mod kernels;
 
+pub use error::Error;
 pub use image::{Image, ImageError, TensorView};

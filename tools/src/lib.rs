@@ -7,6 +7,8 @@ use clap::ValueEnum;
 
 pub mod convert;
 pub mod inspect;
+pub mod logits;
+pub mod npy;
 
 /// Format of quantized matrices in a converted image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -1,0 +1,724 @@
+//! Linear layers `y = x·Wᵀ + b` over every stored weight format: the reference kernels.
+//!
+//! - F32 / F16 / BF16 weights: f32 math (each weight row widened once, then reused).
+//! - Q8_0: W8A8 as ggml does it (quant-formats.md §1.4): each activation row is quantized
+//!   per 32-block on the fly (`d = amax/127`, f16 scale, round half away from zero, the
+//!   reference `quantize_row_q8_0`), blocks are multiplied in exact int32, and
+//!   `acc += (d_w·d_a)·isum` in f32.
+//! - E4M3 / E5M2 / MXFP8: W8A32, each weight row decoded through the 256-entry tables and
+//!   its block scale into f32, then f32 dot products.
+//!
+//! For `n > 1` activation rows (prefill, 1×1 convolutions over pixels) the loop runs
+//! weight row outer, activation row inner, so every weight row is read and decoded once
+//! per call whatever `n` is.
+
+use glimpse_quant::DType;
+use glimpse_quant::fp8::{E4M3_TO_F32, E5M2_TO_F32, e8m0_to_f32};
+use glimpse_quant::layout::QK;
+
+use crate::error::{Dims, Error, tensor_name};
+use crate::image::TensorView;
+use crate::kernels::{Vector, bf16_to_f32, f16_to_f32};
+
+/// Bytes of a Q8_0 / E4M3 / E5M2 block, and of an MXFP8 block.
+const B34: usize = 2 + QK;
+const B33: usize = 1 + QK;
+
+/// A weight matrix `[rows, cols]`, row-major, in any numeric stored format; block formats
+/// run their blocks of 32 along `cols`.
+#[derive(Clone, Copy, Debug)]
+pub struct Weights<'a> {
+    /// Storage format.
+    pub dtype: DType,
+    /// Output features.
+    pub rows: usize,
+    /// Input features (the reduction axis).
+    pub cols: usize,
+    /// `rows` rows of `row_bytes(dtype, cols)` bytes each.
+    pub data: &'a [u8],
+}
+
+/// Bytes of one row of `cols` values in `dtype`, or `None` if `dtype` holds no numbers
+/// or `cols` is not a whole number of blocks.
+pub fn row_bytes(dtype: DType, cols: usize) -> Option<usize> {
+    match dtype {
+        DType::F32 | DType::F16 | DType::BF16 => cols.checked_mul(dtype.block_bytes()),
+        DType::Q8_0 | DType::E4M3 | DType::E5M2 | DType::MxFp8 if cols.is_multiple_of(QK) => {
+            (cols / QK).checked_mul(dtype.block_bytes())
+        }
+        _ => None,
+    }
+}
+
+impl<'a> Weights<'a> {
+    /// A checked matrix view: numeric `dtype`, `cols` a multiple of 32 for the block
+    /// formats, and `data` exactly `rows` rows long.
+    pub fn new(dtype: DType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self, Error> {
+        let w = Weights {
+            dtype,
+            rows,
+            cols,
+            data,
+        };
+        w.check()?;
+        Ok(w)
+    }
+
+    /// View a 2-D tensor of the image as a matrix.
+    pub fn from_view(v: &TensorView<'a>) -> Result<Self, Error> {
+        let &[rows, cols] = v.dims() else {
+            return Err(Error::Shape {
+                tensor: tensor_name(v.name),
+                expected: Dims::new(&[0, 0]),
+                got: Dims::new(v.dims()),
+            });
+        };
+        Self::new(v.dtype, rows as usize, cols as usize, v.data).map_err(|e| match e {
+            Error::Length { .. } => {
+                Error::Image(crate::image::ImageError::PayloadSize { index: v.index })
+            }
+            _ => Error::DType {
+                tensor: tensor_name(v.name),
+                dtype: v.dtype,
+            },
+        })
+    }
+
+    /// Bytes of one stored row.
+    pub fn row_bytes(&self) -> usize {
+        row_bytes(self.dtype, self.cols).unwrap_or(0)
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        let rb = row_bytes(self.dtype, self.cols).ok_or(Error::DType {
+            tensor: tensor_name("(matrix)"),
+            dtype: self.dtype,
+        })?;
+        let expected = rb.saturating_mul(self.rows);
+        if self.data.len() != expected {
+            return Err(Error::Length {
+                what: "weight matrix payload",
+                expected,
+                got: self.data.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The stored bytes of row `r`.
+    pub fn row(&self, r: usize) -> Option<&'a [u8]> {
+        let rb = self.row_bytes();
+        let start = r.checked_mul(rb)?;
+        self.data.get(start..start.checked_add(rb)?)
+    }
+
+    /// Decode row `r` into `out` (`cols` values): an embedding lookup.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) -> Result<(), Error> {
+        self.check()?;
+        if out.len() != self.cols {
+            return Err(Error::Length {
+                what: "dequantized row",
+                expected: self.cols,
+                got: out.len(),
+            });
+        }
+        let row = self.row(r).ok_or(Error::Length {
+            what: "matrix row index",
+            expected: self.rows,
+            got: r,
+        })?;
+        decode_row(self.dtype, row, out);
+        Ok(())
+    }
+}
+
+/// Decode one stored row into f32 (`out.len()` values; the caller checked the lengths).
+fn decode_row(dtype: DType, row: &[u8], out: &mut [f32]) {
+    match dtype {
+        DType::F32 => {
+            let (c, _) = row.as_chunks::<4>();
+            for (o, b) in out.iter_mut().zip(c) {
+                *o = f32::from_le_bytes(*b);
+            }
+        }
+        DType::F16 => {
+            let (c, _) = row.as_chunks::<2>();
+            for (o, b) in out.iter_mut().zip(c) {
+                *o = f16_to_f32(u16::from_le_bytes(*b));
+            }
+        }
+        DType::BF16 => {
+            let (c, _) = row.as_chunks::<2>();
+            for (o, b) in out.iter_mut().zip(c) {
+                *o = bf16_to_f32(u16::from_le_bytes(*b));
+            }
+        }
+        DType::Q8_0 => {
+            let (blocks, _) = row.as_chunks::<B34>();
+            let (outs, _) = out.as_chunks_mut::<QK>();
+            for (b, o) in blocks.iter().zip(outs) {
+                let [d0, d1, qs @ ..] = b;
+                let d = f16_to_f32(u16::from_le_bytes([*d0, *d1]));
+                for (o, &q) in o.iter_mut().zip(qs) {
+                    *o = d * f32::from(q as i8);
+                }
+            }
+        }
+        DType::E4M3 | DType::E5M2 => {
+            let table = if dtype == DType::E4M3 {
+                &E4M3_TO_F32
+            } else {
+                &E5M2_TO_F32
+            };
+            let (blocks, _) = row.as_chunks::<B34>();
+            let (outs, _) = out.as_chunks_mut::<QK>();
+            for (b, o) in blocks.iter().zip(outs) {
+                let [d0, d1, qs @ ..] = b;
+                let d = f16_to_f32(u16::from_le_bytes([*d0, *d1]));
+                for (o, &q) in o.iter_mut().zip(qs) {
+                    *o = d * table[q as usize];
+                }
+            }
+        }
+        DType::MxFp8 => {
+            let (blocks, _) = row.as_chunks::<B33>();
+            let (outs, _) = out.as_chunks_mut::<QK>();
+            for (b, o) in blocks.iter().zip(outs) {
+                let [e, qs @ ..] = b;
+                let d = e8m0_to_f32(*e);
+                for (o, &q) in o.iter_mut().zip(qs) {
+                    *o = d * E4M3_TO_F32[q as usize];
+                }
+            }
+        }
+        DType::U8 | DType::U32 | DType::I32 => {}
+    }
+}
+
+/// Scratch bytes [`linear`] needs for `n` activation rows: the quantized activations for
+/// Q8_0 (int8 codes plus one f32 scale per block), one widened weight row otherwise. Add
+/// nothing for alignment: the count includes it.
+pub fn linear_scratch_bytes(w: &Weights, n: usize) -> usize {
+    let body = match w.dtype {
+        DType::Q8_0 => {
+            // Codes, one f32 scale per activation block, and the weight row's scales.
+            let nb = w.cols / QK;
+            n.saturating_mul(w.cols)
+                .saturating_add(n.saturating_add(1).saturating_mul(nb).saturating_mul(4))
+        }
+        _ => w.cols.saturating_mul(4),
+    };
+    // Room to align the f32 part to 4 bytes.
+    body.saturating_add(4)
+}
+
+/// `y[n×rows] = x[n×cols]·Wᵀ + bias`.
+///
+/// `bias`, when given, is a 1-D F32/F16/BF16 tensor of `rows` values. `scratch` must hold
+/// at least [`linear_scratch_bytes`]`(w, n)` bytes; its contents are overwritten.
+/// Every length is checked before anything is written.
+pub fn linear(
+    w: &Weights,
+    bias: Option<&TensorView>,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    scratch: &mut [u8],
+) -> Result<(), Error> {
+    let bias = bias.map(Vector::from_view).transpose()?;
+    linear_vec(w, bias.as_ref(), x, n, y, scratch)
+}
+
+/// [`linear`] with the bias as a [`Vector`] (already resolved by the caller).
+pub fn linear_vec(
+    w: &Weights,
+    bias: Option<&Vector>,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    scratch: &mut [u8],
+) -> Result<(), Error> {
+    w.check()?;
+    let (rows, cols) = (w.rows, w.cols);
+    let want = |what, expected: usize, got: usize| {
+        if expected == got {
+            Ok(())
+        } else {
+            Err(Error::Length {
+                what,
+                expected,
+                got,
+            })
+        }
+    };
+    want("linear input", n.saturating_mul(cols), x.len())?;
+    want("linear output", n.saturating_mul(rows), y.len())?;
+    if let Some(b) = bias {
+        want("linear bias", rows, b.len())?;
+    }
+    let need = linear_scratch_bytes(w, n);
+    if scratch.len() < need {
+        return Err(Error::Length {
+            what: "linear scratch",
+            expected: need,
+            got: scratch.len(),
+        });
+    }
+    if n == 0 || rows == 0 {
+        return Ok(());
+    }
+
+    if w.dtype == DType::Q8_0 {
+        matmul_q8_0(w, x, n, y, scratch)?;
+    } else {
+        matmul_f32(w, x, n, y, scratch)?;
+    }
+
+    if let Some(b) = bias {
+        for yr in y.chunks_exact_mut(rows) {
+            b.zip_apply(yr, |a, b| a + b);
+        }
+    }
+    Ok(())
+}
+
+/// A 4-aligned `&mut [f32]` of `len` values carved from `scratch`, and the bytes after it.
+fn scratch_f32(scratch: &mut [u8], len: usize) -> Result<(&mut [f32], &mut [u8]), Error> {
+    let err = Error::Length {
+        what: "linear scratch",
+        expected: len.saturating_mul(4).saturating_add(4),
+        got: scratch.len(),
+    };
+    let pad = scratch.as_ptr().align_offset(4);
+    let rest = scratch.get_mut(pad..).ok_or(err.clone())?;
+    let (head, tail) = rest
+        .split_at_mut_checked(len.saturating_mul(4))
+        .ok_or(err.clone())?;
+    let f = bytemuck::try_cast_slice_mut(head).map_err(|_| err)?;
+    Ok((f, tail))
+}
+
+/// The f32 path: widen each weight row once (unless it can be borrowed as f32 in
+/// place), then one dot product per activation row.
+fn matmul_f32(
+    w: &Weights,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    scratch: &mut [u8],
+) -> Result<(), Error> {
+    let (rows, cols) = (w.rows, w.cols);
+    let (buf, _) = scratch_f32(scratch, cols)?;
+    let rb = w.row_bytes();
+    if rb == 0 {
+        // cols == 0: y = 0 (+ bias).
+        y.fill(0.0);
+        return Ok(());
+    }
+    for (r, wrow) in w.data.chunks_exact(rb).enumerate() {
+        // Payloads in an image are 64-byte aligned and f32 rows stay 4-aligned, so on
+        // little-endian targets an F32 row is used where it lies.
+        let wf: &[f32] = match (w.dtype, cfg!(target_endian = "little")) {
+            (DType::F32, true) => match bytemuck::try_cast_slice(wrow) {
+                Ok(f) => f,
+                Err(_) => {
+                    decode_row(w.dtype, wrow, buf);
+                    buf
+                }
+            },
+            _ => {
+                decode_row(w.dtype, wrow, buf);
+                buf
+            }
+        };
+        for (i, xr) in x.chunks_exact(cols).enumerate().take(n) {
+            if let Some(o) = y.get_mut(i * rows + r) {
+                *o = dot_f32(wf, xr);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// f32 dot product with 16 independent partial sums, so the loop vectorises (the
+/// compiler may not reassociate one running sum) and the rounding error grows with
+/// `len/16` rather than `len`.
+#[inline]
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let (ac, at) = a.as_chunks::<16>();
+    let (bc, bt) = b.as_chunks::<16>();
+    let mut acc = [0f32; 16];
+    for (x, y) in ac.iter().zip(bc) {
+        for k in 0..16 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let mut tail = 0f32;
+    for (x, y) in at.iter().zip(bt) {
+        tail += x * y;
+    }
+    // Pairwise reduction of the lanes.
+    let mut w = 16;
+    while w > 1 {
+        w /= 2;
+        for k in 0..w {
+            acc[k] += acc[k + w];
+        }
+    }
+    acc[0] + tail
+}
+
+/// Quantize one activation row to Q8_0 codes and f32 block scales, exactly as ggml's
+/// reference `quantize_row_q8_0` does (the scale is the f16-rounded `amax/127`; codes
+/// come from the unrounded reciprocal, half away from zero). `x.len()` is a multiple of
+/// 32 and `codes`/`scales` match it.
+pub fn quantize_act_q8_0(x: &[f32], codes: &mut [u8], scales: &mut [f32]) {
+    let (xb, _) = x.as_chunks::<QK>();
+    let (cb, _) = codes.as_chunks_mut::<QK>();
+    for ((xb, cb), s) in xb.iter().zip(cb).zip(scales.iter_mut()) {
+        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        *s = half::f16::from_f32(d).to_f32();
+        for (c, &v) in cb.iter_mut().zip(xb) {
+            let p = v * id;
+            // roundf: truncate, then step away from zero on a fraction of at least 1/2
+            // (both steps are exact for |p| <= 127).
+            let t = p as i32;
+            let frac = p - t as f32;
+            let q = t + i32::from(frac >= 0.5) - i32::from(frac <= -0.5);
+            *c = q.clamp(-127, 127) as i8 as u8;
+        }
+    }
+}
+
+/// The W8A8 path: quantize all `n` activation rows once, then per weight row (its block
+/// scales widened once) one int8 dot per activation row. (Grouping four activation rows
+/// per weight block measured 2x slower on baseline x86-64: too few registers.)
+fn matmul_q8_0(
+    w: &Weights,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    scratch: &mut [u8],
+) -> Result<(), Error> {
+    let (rows, cols) = (w.rows, w.cols);
+    let nb = cols / QK;
+    let (scales, rest) = scratch_f32(scratch, (n + 1) * nb)?;
+    let (wscales, scales) = scales.split_at_mut_checked(nb).ok_or(Error::Length {
+        what: "linear scratch",
+        expected: nb,
+        got: 0,
+    })?;
+    let codes = rest.get_mut(..n * cols).ok_or(Error::Length {
+        what: "linear scratch",
+        expected: n * cols,
+        got: 0,
+    })?;
+    if nb == 0 {
+        y.fill(0.0);
+        return Ok(());
+    }
+    for ((xr, cr), sr) in x
+        .chunks_exact(cols)
+        .zip(codes.chunks_exact_mut(cols))
+        .zip(scales.chunks_exact_mut(nb))
+    {
+        quantize_act_q8_0(xr, cr, sr);
+    }
+    let codes = &*codes;
+    let scales = &*scales;
+    for (r, wrow) in w.data.chunks_exact(nb * B34).enumerate() {
+        let (wblocks, _) = wrow.as_chunks::<B34>();
+        for (ws, wb) in wscales.iter_mut().zip(wblocks) {
+            *ws = f16_to_f32(u16::from_le_bytes([wb[0], wb[1]]));
+        }
+        let wscales = &*wscales;
+        for (i, (cr, sr)) in codes
+            .chunks_exact(cols)
+            .zip(scales.chunks_exact(nb))
+            .enumerate()
+        {
+            let (ablocks, _) = cr.as_chunks::<QK>();
+            let mut acc = 0f32;
+            for (((wb, &dw), ab), &da) in wblocks.iter().zip(wscales).zip(ablocks).zip(sr) {
+                let [_, _, qw @ ..] = wb;
+                acc += (dw * da) * isum_i8(qw, ab) as f32;
+            }
+            if let Some(o) = y.get_mut(i * rows + r) {
+                *o = acc;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Exact int32 sum of the products of two blocks of int8 codes (stored as bytes).
+/// |sum| <= 32·128·128 = 2^19, so i32 cannot overflow.
+#[inline(always)]
+fn isum_i8(a: &[u8; QK], b: &[u8; QK]) -> i32 {
+    let mut s = 0i32;
+    for (&x, &y) in a.iter().zip(b) {
+        s += i32::from(x as i8) * i32::from(y as i8);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use glimpse_quant::blocks::{dequantize_row, dot_q8_0, quantize_row};
+    use std::vec;
+    use std::vec::Vec;
+
+    /// Deterministic pseudo-random values (xorshift), roughly N(0, 1)-shaped by summing
+    /// uniforms.
+    struct Rng(u64);
+    impl Rng {
+        fn uniform(&mut self) -> f32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        }
+        fn normal(&mut self) -> f32 {
+            (0..4).map(|_| self.uniform()).sum::<f32>() * 1.7
+        }
+        fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+            (0..n).map(|_| self.normal() * scale).collect()
+        }
+    }
+
+    const NUMERIC: [DType; 7] = [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::Q8_0,
+        DType::E4M3,
+        DType::E5M2,
+        DType::MxFp8,
+    ];
+
+    fn encode(dtype: DType, w: &[f32], rows: usize, cols: usize) -> Vec<u8> {
+        let rb = row_bytes(dtype, cols).unwrap();
+        let mut out = vec![0u8; rows * rb];
+        for (src, dst) in w.chunks_exact(cols).zip(out.chunks_exact_mut(rb)) {
+            quantize_row(dtype, src, dst).unwrap();
+        }
+        out
+    }
+
+    /// What the stored weights decode to, by the quant crate's own decoder.
+    fn decoded(dtype: DType, data: &[u8], rows: usize, cols: usize) -> Vec<f32> {
+        let rb = row_bytes(dtype, cols).unwrap();
+        let mut out = vec![0f32; rows * cols];
+        for (src, dst) in data.chunks_exact(rb).zip(out.chunks_exact_mut(cols)) {
+            dequantize_row(dtype, src, dst).unwrap();
+        }
+        out
+    }
+
+    /// f64 reference y = x·Wᵀ + b.
+    fn reference(w: &[f32], b: Option<&[f32]>, x: &[f32], n: usize, rows: usize) -> Vec<f64> {
+        let cols = w.len() / rows;
+        let mut y = vec![0f64; n * rows];
+        for i in 0..n {
+            for r in 0..rows {
+                let mut s = b.map_or(0.0, |b| f64::from(b[r]));
+                for k in 0..cols {
+                    s += f64::from(w[r * cols + k]) * f64::from(x[i * cols + k]);
+                }
+                y[i * rows + r] = s;
+            }
+        }
+        y
+    }
+
+    fn run(dtype: DType, data: &[u8], rows: usize, cols: usize, x: &[f32], n: usize) -> Vec<f32> {
+        let w = Weights::new(dtype, rows, cols, data).unwrap();
+        let mut y = vec![f32::NAN; n * rows];
+        let mut scratch = vec![0u8; linear_scratch_bytes(&w, n)];
+        linear_vec(&w, None, x, n, &mut y, &mut scratch).unwrap();
+        y
+    }
+
+    #[test]
+    fn every_dtype_matches_an_f64_reference_of_the_stored_weights() {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let (rows, cols, n) = (24, 160, 5);
+        let w = rng.vec(rows * cols, 0.05);
+        let x = rng.vec(n * cols, 1.0);
+        for dtype in NUMERIC {
+            let data = encode(dtype, &w, rows, cols);
+            let wd = decoded(dtype, &data, rows, cols);
+            let want = reference(&wd, None, &x, n, rows);
+            let got = run(dtype, &data, rows, cols, &x, n);
+            // Scale of the outputs: |w|·|x| summed, the bound a rounding error scales with.
+            let mag: f64 = (0..cols)
+                .map(|k| f64::from(wd[k].abs()) * f64::from(x[k].abs()))
+                .sum();
+            let err = got
+                .iter()
+                .zip(&want)
+                .map(|(g, w)| (f64::from(*g) - w).abs())
+                .fold(0.0, f64::max);
+            let tol = if dtype == DType::Q8_0 {
+                // W8A8: the activations are rounded to 8 bits, |Δa| <= d_a/2 = amax_a/254
+                // per element, so |Δy| <= Σ|w|·amax_a/254; with amax_a within ~4x the
+                // typical |x| that is about mag·4/254 ≈ 0.016·mag in the worst case.
+                0.02 * mag
+            } else {
+                // Exact decode, then f32 sums of `cols` products: a few ulps of `mag`
+                // (16 partial sums of 10 terms each, then a 16-way tree).
+                1e-5 * mag
+            };
+            assert!(err <= tol, "{dtype:?}: max |Δ| {err:e} > {tol:e}");
+        }
+    }
+
+    #[test]
+    fn q8_0_activation_quantizer_is_ggml_reference_bit_exact() {
+        let mut rng = Rng(42);
+        let mut x = rng.vec(32 * 64, 3.0);
+        // Exact ties after scaling (x·id = k + 0.5) and zeros exercise the rounding rule.
+        for (i, v) in x.iter_mut().take(32).enumerate() {
+            *v = i as f32 - 15.5;
+        }
+        x[31] = 127.0;
+        for v in &mut x[32..64] {
+            *v = 0.0;
+        }
+        let mut codes = vec![0u8; x.len()];
+        let mut scales = vec![0f32; x.len() / 32];
+        quantize_act_q8_0(&x, &mut codes, &mut scales);
+        let mut refb = vec![0u8; x.len() / 32 * 34];
+        quantize_row(DType::Q8_0, &x, &mut refb).unwrap();
+        for (b, blk) in refb.chunks_exact(34).enumerate() {
+            let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+            assert_eq!(d.to_bits(), scales[b].to_bits(), "scale of block {b}");
+            assert_eq!(&blk[2..], &codes[b * 32..b * 32 + 32], "codes of block {b}");
+        }
+    }
+
+    #[test]
+    fn q8_0_path_is_ggml_arithmetic() {
+        // The kernel's per-block int32 sums and f32 accumulation must agree with the
+        // quant crate's scalar `dot_q8_0` on the same quantized activations: exactly, as
+        // both add (d_w·d_a)·isum block by block in the same order.
+        let mut rng = Rng(7);
+        let (rows, cols, n) = (8, 256, 6);
+        let w = rng.vec(rows * cols, 0.1);
+        let x = rng.vec(n * cols, 1.0);
+        let data = encode(DType::Q8_0, &w, rows, cols);
+        let got = run(DType::Q8_0, &data, rows, cols, &x, n);
+        let rb = row_bytes(DType::Q8_0, cols).unwrap();
+        for i in 0..n {
+            let mut a = vec![0u8; rb];
+            quantize_row(DType::Q8_0, &x[i * cols..(i + 1) * cols], &mut a).unwrap();
+            for r in 0..rows {
+                let want = dot_q8_0(&data[r * rb..(r + 1) * rb], &a).unwrap();
+                assert_eq!(
+                    got[i * rows + r].to_bits(),
+                    want.to_bits(),
+                    "row {r} act {i}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn batched_rows_equal_one_at_a_time() {
+        // Weight-row-outer batching must not change any result: each output is the same
+        // dot product of the same operands.
+        let mut rng = Rng(99);
+        let (rows, cols, n) = (12, 96, 7);
+        let w = rng.vec(rows * cols, 0.1);
+        let x = rng.vec(n * cols, 1.0);
+        for dtype in NUMERIC {
+            let data = encode(dtype, &w, rows, cols);
+            let all = run(dtype, &data, rows, cols, &x, n);
+            for i in 0..n {
+                let one = run(dtype, &data, rows, cols, &x[i * cols..(i + 1) * cols], 1);
+                assert_eq!(
+                    &all[i * rows..(i + 1) * rows],
+                    &one[..],
+                    "{dtype:?} row {i}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bias_in_f32_and_f16() {
+        let mut rng = Rng(5);
+        let (rows, cols, n) = (6, 32, 2);
+        let w = rng.vec(rows * cols, 0.1);
+        let x = rng.vec(n * cols, 1.0);
+        let b: Vec<f32> = (0..rows).map(|r| r as f32 * 0.25 - 0.5).collect();
+        let data = encode(DType::F32, &w, rows, cols);
+        let plain = run(DType::F32, &data, rows, cols, &x, n);
+        let wm = Weights::new(DType::F32, rows, cols, &data).unwrap();
+        let b16: Vec<u8> = b
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect();
+        for bias in [
+            Vector::from_f32(&b),
+            Vector::new(DType::F16, rows, &b16).unwrap(),
+        ] {
+            let mut y = vec![0f32; n * rows];
+            let mut s = vec![0u8; linear_scratch_bytes(&wm, n)];
+            linear_vec(&wm, Some(&bias), &x, n, &mut y, &mut s).unwrap();
+            for i in 0..n * rows {
+                // The biases are exact in f16, so the sum is the same f32 addition.
+                assert_eq!(y[i], plain[i] + b[i % rows]);
+            }
+        }
+    }
+
+    #[test]
+    fn lengths_are_checked_before_writing() {
+        let data = vec![0u8; 4 * 34];
+        let w = Weights::new(DType::Q8_0, 2, 64, &data).unwrap();
+        let x = vec![1f32; 64];
+        let mut y = vec![7f32; 2];
+        let mut s = vec![0u8; linear_scratch_bytes(&w, 1)];
+        assert!(linear_vec(&w, None, &x[..63], 1, &mut y, &mut s).is_err());
+        assert!(linear_vec(&w, None, &x, 1, &mut y[..1], &mut s).is_err());
+        let short = s.len() - 1;
+        assert!(linear_vec(&w, None, &x, 1, &mut y, &mut s[..short]).is_err());
+        let b = [0f32; 3];
+        assert!(linear_vec(&w, Some(&Vector::from_f32(&b)), &x, 1, &mut y, &mut s).is_err());
+        assert_eq!(y, [7.0, 7.0]);
+        // Bad matrices are refused at construction.
+        assert!(Weights::new(DType::Q8_0, 2, 48, &data).is_err());
+        assert!(Weights::new(DType::U8, 2, 64, &data).is_err());
+        assert!(Weights::new(DType::Q8_0, 3, 64, &data).is_err());
+        // And a hand-built inconsistent one by linear itself.
+        let bad = Weights {
+            dtype: DType::F32,
+            rows: 100,
+            cols: 64,
+            data: &data,
+        };
+        assert!(linear_vec(&bad, None, &x, 1, &mut y, &mut s).is_err());
+    }
+
+    #[test]
+    fn dequantize_row_matches_the_quant_decoder() {
+        let mut rng = Rng(3);
+        let (rows, cols) = (5, 64);
+        let w = rng.vec(rows * cols, 0.3);
+        for dtype in NUMERIC {
+            let data = encode(dtype, &w, rows, cols);
+            let want = decoded(dtype, &data, rows, cols);
+            let m = Weights::new(dtype, rows, cols, &data).unwrap();
+            let mut out = vec![0f32; cols];
+            for r in 0..rows {
+                m.dequantize_row(r, &mut out).unwrap();
+                assert_eq!(&out[..], &want[r * cols..(r + 1) * cols], "{dtype:?} {r}");
+            }
+            assert!(m.dequantize_row(rows, &mut out).is_err());
+        }
+    }
+}

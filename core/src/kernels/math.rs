@@ -1,0 +1,330 @@
+//! Element-wise math and normalisation in f32: RMSNorm, SiLU, exact-erf GELU, softmax,
+//! rotate-half RoPE, and the add/multiply helpers the blocks are glued with.
+//!
+//! Transcendentals come from `libm` (the musl implementations, ≤ 1 ulp for the f32
+//! functions used here); the tests measure each against an f64 evaluation.
+
+use crate::error::Error;
+use crate::kernels::Vector;
+
+fn same_len(what: &'static str, expected: usize, got: usize) -> Result<(), Error> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(Error::Length {
+            what,
+            expected,
+            got,
+        })
+    }
+}
+
+/// Sum of squares with 8 partial sums (vectorises; error grows with len/8).
+fn sum_sq(x: &[f32]) -> f32 {
+    let (c, t) = x.as_chunks::<8>();
+    let mut acc = [0f32; 8];
+    for v in c {
+        for k in 0..8 {
+            acc[k] += v[k] * v[k];
+        }
+    }
+    let tail: f32 = t.iter().map(|v| v * v).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// RMSNorm of each `w.len()`-wide row of `x` into `out`:
+/// `out = x / sqrt(mean(x²) + eps) · w` (HF Qwen2/Llama `RMSNorm`, all in f32).
+pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &Vector, eps: f32) -> Result<(), Error> {
+    let d = w.len();
+    same_len("rmsnorm output", x.len(), out.len())?;
+    if d == 0 || !x.len().is_multiple_of(d) {
+        return Err(Error::Length {
+            what: "rmsnorm input (rows of the weight's width)",
+            expected: d,
+            got: x.len(),
+        });
+    }
+    for (o, xr) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+        let ms = sum_sq(xr) / d as f32;
+        let inv = 1.0 / libm::sqrtf(ms + eps);
+        for (o, &v) in o.iter_mut().zip(xr) {
+            *o = v * inv;
+        }
+        w.zip_apply(o, |a, b| a * b);
+    }
+    Ok(())
+}
+
+/// SiLU, `x·σ(x)`.
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + libm::expf(-x))
+}
+
+/// `gate = silu(gate) ⊙ up`: the SwiGLU product.
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) -> Result<(), Error> {
+    same_len("silu_mul operand", gate.len(), up.len())?;
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = silu(*g) * u;
+    }
+    Ok(())
+}
+
+/// Exact GELU, `x/2·(1 + erf(x/√2))` (PyTorch's default `approximate='none'`).
+#[inline]
+pub fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + libm::erff(x * core::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// [`gelu`] over a slice, in place.
+pub fn gelu_inplace(x: &mut [f32]) {
+    for v in x {
+        *v = gelu(*v);
+    }
+}
+
+/// Softmax in place, max-subtracted so no `exp` overflows. An empty slice is left alone;
+/// a row of `-inf` becomes NaN, as in PyTorch (callers never mask a whole row).
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0f32;
+    for v in x.iter_mut() {
+        *v = libm::expf(*v - max);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// `y += x`.
+pub fn add(y: &mut [f32], x: &[f32]) -> Result<(), Error> {
+    same_len("add operand", y.len(), x.len())?;
+    for (a, &b) in y.iter_mut().zip(x) {
+        *a += b;
+    }
+    Ok(())
+}
+
+/// `y *= x` element-wise.
+pub fn mul(y: &mut [f32], x: &[f32]) -> Result<(), Error> {
+    same_len("mul operand", y.len(), x.len())?;
+    for (a, &b) in y.iter_mut().zip(x) {
+        *a *= b;
+    }
+    Ok(())
+}
+
+/// `y += a·x`.
+#[inline]
+pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o += a * v;
+    }
+}
+
+/// RoPE inverse frequency of pair `j` of a `head_dim`-wide head: `θ^(-2j/head_dim)`.
+///
+/// Computed in f64 and rounded once; HF computes the same quantity in f32
+/// (`1/base**(arange(0,d,2)/d)`), which agrees to within an ulp.
+pub fn rope_inv_freq(theta: f32, head_dim: usize, j: usize) -> f32 {
+    let e = (2 * j) as f64 / head_dim as f64;
+    (1.0 / libm::pow(f64::from(theta), e)) as f32
+}
+
+/// cos/sin of the RoPE angles of position `pos`: `cos[j] = cos(pos·inv_freq_j)` for
+/// `j < head_dim/2` (each entry serves both halves of the head).
+///
+/// The angle is the f32 product `pos·inv_freq`, exactly as HF's `Qwen2RotaryEmbedding`
+/// and `LlamaRotaryEmbedding` form it (an f32 matmul), so positions agree with the
+/// reference bit for bit; its cosine and sine are then evaluated in f64 and rounded once,
+/// i.e. correctly rounded up to the rare double-rounding case.
+pub fn rope_cos_sin(
+    pos: usize,
+    theta: f32,
+    head_dim: usize,
+    cos: &mut [f32],
+    sin: &mut [f32],
+) -> Result<(), Error> {
+    let half = head_dim / 2;
+    same_len("rope cos table", half, cos.len())?;
+    same_len("rope sin table", half, sin.len())?;
+    for (j, (c, s)) in cos.iter_mut().zip(sin.iter_mut()).enumerate() {
+        let angle = pos as f32 * rope_inv_freq(theta, head_dim, j);
+        *c = libm::cos(f64::from(angle)) as f32;
+        *s = libm::sin(f64::from(angle)) as f32;
+    }
+    Ok(())
+}
+
+/// Rotate-half RoPE (GPT-NeoX / HF layout) of every `2·cos.len()`-wide head in `x`:
+/// with `x = [a, b]`, `x' = [a·cos − b·sin, b·cos + a·sin]`.
+pub fn rope_rotate_half(x: &mut [f32], cos: &[f32], sin: &[f32]) -> Result<(), Error> {
+    let half = cos.len();
+    same_len("rope sin table", half, sin.len())?;
+    if half == 0 || !x.len().is_multiple_of(2 * half) {
+        return Err(Error::Length {
+            what: "rope input (whole heads)",
+            expected: 2 * half,
+            got: x.len(),
+        });
+    }
+    for head in x.chunks_exact_mut(2 * half) {
+        let (a, b) = head.split_at_mut(half);
+        for (((a, b), &c), &s) in a.iter_mut().zip(b.iter_mut()).zip(cos).zip(sin) {
+            let (x0, x1) = (*a, *b);
+            *a = x0 * c - x1 * s;
+            *b = x1 * c + x0 * s;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::vec;
+    use std::vec::Vec;
+
+    fn ulp(x: f32) -> f64 {
+        let a = x.abs();
+        f64::from(f32::from_bits(a.to_bits() + 1) - a)
+    }
+
+    #[test]
+    fn gelu_matches_f64_erf() {
+        // Grid over [-10, 10]: covers the tails where erf saturates and the core where
+        // GELU is curved. libm's erff is within 1 ulp, so GELU's few f32 operations
+        // leave it within a few ulp of the f64 value (or 1e-7 absolute near its zero).
+        let mut worst = 0f64;
+        for i in -20_000..=20_000 {
+            let x = i as f32 * 5e-4;
+            let want = 0.5 * f64::from(x) * (1.0 + libm::erf(f64::from(x) / 2f64.sqrt()));
+            let got = f64::from(gelu(x));
+            let err = (got - want).abs() / (ulp(want as f32).max(1e-7));
+            worst = worst.max(err);
+        }
+        std::println!("gelu: worst error {worst:.2} ulp");
+        assert!(worst <= 4.0, "gelu worst {worst} ulp");
+    }
+
+    #[test]
+    fn silu_and_softmax_match_f64() {
+        let mut worst = 0f64;
+        for i in -4000..=4000 {
+            let x = i as f32 * 5e-3;
+            let xd = f64::from(x);
+            let want = xd / (1.0 + (-xd).exp());
+            let err = (f64::from(silu(x)) - want).abs() / ulp(want as f32).max(1e-7);
+            worst = worst.max(err);
+        }
+        // expf (1 ulp), one add, one divide: a few ulp.
+        assert!(worst <= 4.0, "silu worst {worst} ulp");
+
+        let mut x: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin() * 30.0).collect();
+        x[7] = 1000.0; // would overflow exp without the max subtraction
+        let xd: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+        let m = xd.iter().cloned().fold(f64::MIN, f64::max);
+        let s: f64 = xd.iter().map(|v| (v - m).exp()).sum();
+        softmax(&mut x);
+        let total: f32 = x.iter().sum();
+        assert!((total - 1.0).abs() < 1e-6);
+        for (g, v) in x.iter().zip(&xd) {
+            let want = (v - m).exp() / s;
+            // Relative 1e-6: expf's ulp plus the rounding of the f32 sum of 100 terms.
+            assert!(
+                (f64::from(*g) - want).abs() <= 1e-6 * want + 1e-30,
+                "{g} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn rmsnorm_matches_f64() {
+        let x: Vec<f32> = (0..192)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.03)
+            .collect();
+        let w: Vec<f32> = (0..64).map(|i| 0.5 + i as f32 / 64.0).collect();
+        let mut out = vec![0f32; x.len()];
+        rmsnorm(&mut out, &x, &Vector::from_f32(&w), 1e-6).unwrap();
+        for r in 0..3 {
+            let row = &x[r * 64..(r + 1) * 64];
+            let ms: f64 = row
+                .iter()
+                .map(|&v| f64::from(v) * f64::from(v))
+                .sum::<f64>()
+                / 64.0;
+            let inv = 1.0 / (ms + 1e-6).sqrt();
+            for k in 0..64 {
+                let want = f64::from(row[k]) * inv * f64::from(w[k]);
+                // Sum of 64 squares (relative ~1e-7), sqrt, divide, two products.
+                assert!((f64::from(out[r * 64 + k]) - want).abs() <= 1e-6 * want.abs() + 1e-9);
+            }
+        }
+        assert!(rmsnorm(&mut out[..10], &x[..10], &Vector::from_f32(&w), 1e-6).is_err());
+    }
+
+    #[test]
+    fn rope_tables_against_f64() {
+        // Two measurements. (1) cos/sin of the f32 angle we form: evaluated in f64 and
+        // rounded once, so within half an ulp (+ a hair for double rounding). (2) against
+        // the exact f64 angle pos·θ^(-2j/d): the f32 product itself is off by at most half
+        // an ulp of the angle plus the inverse frequency's rounding (~ pos·2^-24 rad),
+        // which is the error HF's f32 reference has too.
+        let (theta, d) = (1e6f32, 64usize);
+        let mut cos = vec![0f32; d / 2];
+        let mut sin = vec![0f32; d / 2];
+        let mut worst_same = 0f64;
+        let mut worst_exact = 0f64;
+        for pos in [0usize, 1, 2, 17, 100, 1000, 4095, 32767] {
+            rope_cos_sin(pos, theta, d, &mut cos, &mut sin).unwrap();
+            for j in 0..d / 2 {
+                let a32 = f64::from(pos as f32 * rope_inv_freq(theta, d, j));
+                let e1 = (f64::from(cos[j]) - a32.cos())
+                    .abs()
+                    .max((f64::from(sin[j]) - a32.sin()).abs());
+                worst_same = worst_same.max(e1);
+                let a64 = pos as f64 * f64::from(theta).powf(-((2 * j) as f64) / d as f64);
+                let e2 = (f64::from(cos[j]) - a64.cos())
+                    .abs()
+                    .max((f64::from(sin[j]) - a64.sin()).abs());
+                let bound = pos as f64 * 2f64.powi(-23) + 1e-7;
+                assert!(e2 <= bound, "pos {pos} pair {j}: {e2:e} > {bound:e}");
+                worst_exact = worst_exact.max(e2 / bound);
+            }
+        }
+        std::println!(
+            "rope: |Δ| vs f64 of the same angle {worst_same:e}; vs exact angle {worst_exact:.3} of bound"
+        );
+        assert!(worst_same <= 6.0e-8, "{worst_same:e}");
+    }
+
+    #[test]
+    fn rotate_half_is_a_rotation() {
+        // Position 0 is the identity; any position preserves each pair's norm.
+        let d = 16;
+        let mut cos = vec![0f32; d / 2];
+        let mut sin = vec![0f32; d / 2];
+        let x: Vec<f32> = (0..2 * d).map(|i| i as f32 - 7.0).collect();
+        rope_cos_sin(0, 1e4, d, &mut cos, &mut sin).unwrap();
+        let mut y = x.clone();
+        rope_rotate_half(&mut y, &cos, &sin).unwrap();
+        assert_eq!(x, y);
+        rope_cos_sin(5, 1e4, d, &mut cos, &mut sin).unwrap();
+        rope_rotate_half(&mut y, &cos, &sin).unwrap();
+        for h in 0..2 {
+            for j in 0..d / 2 {
+                let (a, b) = (x[h * d + j], x[h * d + j + d / 2]);
+                let (p, q) = (y[h * d + j], y[h * d + j + d / 2]);
+                assert!(((a * a + b * b) - (p * p + q * q)).abs() < 1e-3);
+                // First pair rotates by exactly 5 rad (inv_freq 1).
+                if j == 0 {
+                    let (c, s) = (5f32.cos(), 5f32.sin());
+                    assert!((p - (a * c - b * s)).abs() < 1e-5);
+                }
+            }
+        }
+        assert!(rope_rotate_half(&mut y[..15], &cos, &sin).is_err());
+    }
+}

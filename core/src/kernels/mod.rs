@@ -1,0 +1,226 @@
+//! Reference compute kernels: linear layers over every stored weight format
+//! ([`mod@linear`]), element-wise math and normalisation ([`math`]), and the small number
+//! conversions and parameter views they share.
+//!
+//! These are the plain scalar versions that optimized kernels will be tested against.
+//! They are written as slice loops over fixed-size chunks so LLVM can vectorise them, and
+//! they check every length up front so the loops themselves cannot fail.
+
+pub mod linear;
+pub mod math;
+
+use glimpse_quant::DType;
+
+use crate::error::{Dims, Error, tensor_name};
+use crate::image::TensorView;
+
+pub use linear::{Weights, linear, linear_scratch_bytes};
+
+/// IEEE binary16 bits to f32, exactly, without branches (so a loop over it vectorises).
+///
+/// Shifting the exponent and mantissa into f32 position and multiplying by 2^112 rebases
+/// the exponent; the multiply also normalises f16 subnormals exactly. Inf/NaN (exponent
+/// all ones) get the f32 all-ones exponent instead.
+#[inline(always)]
+pub fn f16_to_f32(h: u16) -> f32 {
+    let h = u32::from(h);
+    let sign = (h & 0x8000) << 16;
+    let em = h & 0x7fff;
+    let rebased = (f32::from_bits(em << 13) * f32::from_bits(0x7780_0000)).to_bits();
+    let bits = if em >= 0x7c00 {
+        0x7f80_0000 | (em << 13)
+    } else {
+        rebased
+    };
+    f32::from_bits(bits | sign)
+}
+
+/// bfloat16 bits to f32 (exact: bf16 is the top half of an f32).
+#[inline(always)]
+pub fn bf16_to_f32(h: u16) -> f32 {
+    f32::from_bits(u32::from(h) << 16)
+}
+
+/// A 1-D parameter (norm weight, bias, layer scale) kept in f32, f16 or bf16.
+#[derive(Clone, Copy, Debug)]
+pub struct Vector<'a> {
+    dtype: DType,
+    data: &'a [u8],
+}
+
+impl<'a> Vector<'a> {
+    /// View a 1-D F32/F16/BF16 tensor.
+    pub fn from_view(v: &TensorView<'a>) -> Result<Self, Error> {
+        let [len] = v.dims() else {
+            return Err(Error::Shape {
+                tensor: tensor_name(v.name),
+                expected: Dims::new(&[v.elems().min(u64::from(u32::MAX)) as u32]),
+                got: Dims::new(v.dims()),
+            });
+        };
+        Self::new(v.dtype, *len as usize, v.data).map_err(|_| Error::DType {
+            tensor: tensor_name(v.name),
+            dtype: v.dtype,
+        })
+    }
+
+    /// View `len` values of `dtype` stored little-endian in `data`.
+    pub fn new(dtype: DType, len: usize, data: &'a [u8]) -> Result<Self, Error> {
+        let size = match dtype {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+            _ => {
+                return Err(Error::DType {
+                    tensor: tensor_name("(vector)"),
+                    dtype,
+                });
+            }
+        };
+        if data.len() != len.saturating_mul(size) {
+            return Err(Error::Length {
+                what: "vector payload",
+                expected: len.saturating_mul(size),
+                got: data.len(),
+            });
+        }
+        Ok(Vector { dtype, data })
+    }
+
+    /// A view of plain f32s (host tests, precomputed parameters).
+    pub fn from_f32(v: &'a [f32]) -> Self {
+        Vector {
+            dtype: DType::F32,
+            data: bytemuck::cast_slice(v),
+        }
+    }
+
+    /// Storage format.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        match self.dtype {
+            DType::F32 => self.data.len() / 4,
+            _ => self.data.len() / 2,
+        }
+    }
+
+    /// Whether it holds no value.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Call `f(i, value)` for every value in order, decoding once per element.
+    #[inline(always)]
+    pub fn for_each(&self, mut f: impl FnMut(usize, f32)) {
+        match self.dtype {
+            DType::F32 => {
+                let (c, _) = self.data.as_chunks::<4>();
+                c.iter()
+                    .enumerate()
+                    .for_each(|(i, b)| f(i, f32::from_le_bytes(*b)));
+            }
+            DType::F16 => {
+                let (c, _) = self.data.as_chunks::<2>();
+                c.iter()
+                    .enumerate()
+                    .for_each(|(i, b)| f(i, f16_to_f32(u16::from_le_bytes(*b))));
+            }
+            _ => {
+                let (c, _) = self.data.as_chunks::<2>();
+                c.iter()
+                    .enumerate()
+                    .for_each(|(i, b)| f(i, bf16_to_f32(u16::from_le_bytes(*b))));
+            }
+        }
+    }
+
+    /// `y[i] op= value[i]` over `y.len()` (which must equal `len()`; callers check), in a
+    /// loop that vectorises for every storage format.
+    #[inline(always)]
+    pub(crate) fn zip_apply(&self, y: &mut [f32], op: impl Fn(f32, f32) -> f32) {
+        match self.dtype {
+            DType::F32 => {
+                let (c, _) = self.data.as_chunks::<4>();
+                for (o, b) in y.iter_mut().zip(c) {
+                    *o = op(*o, f32::from_le_bytes(*b));
+                }
+            }
+            DType::F16 => {
+                let (c, _) = self.data.as_chunks::<2>();
+                for (o, b) in y.iter_mut().zip(c) {
+                    *o = op(*o, f16_to_f32(u16::from_le_bytes(*b)));
+                }
+            }
+            _ => {
+                let (c, _) = self.data.as_chunks::<2>();
+                for (o, b) in y.iter_mut().zip(c) {
+                    *o = op(*o, bf16_to_f32(u16::from_le_bytes(*b)));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_conversion_is_exact_for_every_bit_pattern() {
+        for h in 0..=u16::MAX {
+            let want = half::f16::from_bits(h).to_f32();
+            let got = f16_to_f32(h);
+            if want.is_nan() {
+                // NaN payloads are not part of the contract (hardware quiets them).
+                assert!(got.is_nan(), "{h:#06x}");
+            } else {
+                assert_eq!(got.to_bits(), want.to_bits(), "{h:#06x}");
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_conversion_is_exact() {
+        for h in (0..=u16::MAX).step_by(7) {
+            let want = half::bf16::from_bits(h).to_f32();
+            if want.is_nan() {
+                assert!(bf16_to_f32(h).is_nan());
+            } else {
+                assert_eq!(bf16_to_f32(h).to_bits(), want.to_bits());
+            }
+        }
+    }
+
+    #[test]
+    fn vector_decodes_each_format() {
+        let vals = [1.5f32, -2.25, 0.0, 1024.0];
+        let f32b: std::vec::Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f16b: std::vec::Vec<u8> = vals
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect();
+        let bf16b: std::vec::Vec<u8> = vals
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+            .collect();
+        for (dt, b) in [
+            (DType::F32, &f32b),
+            (DType::F16, &f16b),
+            (DType::BF16, &bf16b),
+        ] {
+            let v = Vector::new(dt, 4, b).unwrap();
+            assert_eq!(v.len(), 4);
+            let mut got = [0f32; 4];
+            v.for_each(|i, x| got[i] = x);
+            assert_eq!(got, vals);
+            let mut y = [1f32; 4];
+            v.zip_apply(&mut y, |a, b| a + b);
+            assert_eq!(y, vals.map(|x| x + 1.0));
+        }
+        assert!(Vector::new(DType::Q8_0, 32, &[0; 34]).is_err());
+        assert!(Vector::new(DType::F32, 3, &f32b).is_err());
+    }
+}
