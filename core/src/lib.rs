@@ -15,6 +15,8 @@ pub mod decoder;
 pub mod error;
 pub mod image;
 pub mod kernels;
+pub mod projector;
+pub mod vision;
 
 pub use error::Error;
 pub use image::{Image, ImageError, TensorView};

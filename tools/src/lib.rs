@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::ValueEnum;
 
 pub mod convert;
+pub mod encode;
 pub mod inspect;
 pub mod logits;
 pub mod npy;
@@ -70,4 +71,47 @@ pub struct InspectArgs {
     /// Print one JSON object instead of tables.
     #[arg(long)]
     pub json: bool,
+}
+
+/// What `glimpse encode` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EncodeStage {
+    /// FastViTHD features (`tokens x out_dim`, the conv_exp output).
+    Encoder,
+    /// Features after the mlp2x_gelu projector (`tokens x decoder hidden`).
+    Projector,
+}
+
+/// Arguments of `glimpse encode`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "With --image the picture is padded to a square (black) and resized \
+with a plain bicubic filter when its size differs from the resolution; this does not yet \
+reproduce PIL's resampling bit for bit (a later issue), so for exact comparisons pass an \
+R x R picture or --pixels."
+)]
+pub struct EncodeArgs {
+    /// The .glim weights image (with a vision encoder).
+    #[arg(value_name = "IMG")]
+    pub image: PathBuf,
+    /// A PNG or JPEG picture to encode.
+    #[arg(
+        long = "image",
+        value_name = "FILE",
+        conflicts_with = "pixels",
+        required_unless_present = "pixels"
+    )]
+    pub picture: Option<PathBuf>,
+    /// Preprocessed pixels: a float32 .npy of shape 3 x R x R (values as the model sees them).
+    #[arg(long, value_name = "X.npy")]
+    pub pixels: Option<PathBuf>,
+    /// Where to stop.
+    #[arg(long, value_enum, default_value = "encoder")]
+    pub stage: EncodeStage,
+    /// Input resolution (default: the model's; with --pixels, the array's).
+    #[arg(long)]
+    pub resolution: Option<u32>,
+    /// Output .npy (float32, tokens x channels, tokens row-major over the grid).
+    #[arg(short, long)]
+    pub output: PathBuf,
 }

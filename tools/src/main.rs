@@ -22,6 +22,8 @@ enum Command {
     Convert(ConvertArgs),
     /// Show an image's config and tensor table and verify its checksums.
     Inspect(InspectArgs),
+    /// Run the vision encoder (and projector) on a picture or preprocessed pixels.
+    Encode(glimpse_tools::EncodeArgs),
     /// Teacher-forced decoder logits of a token sequence, written as .npy.
     Logits(glimpse_tools::logits::LogitsArgs),
 }
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Convert(a) => convert::run(&a),
         Command::Inspect(a) => inspect::run(&a),
+        Command::Encode(a) => glimpse_tools::encode::run(&a),
         Command::Logits(a) => glimpse_tools::logits::run(&a),
     };
     match result {

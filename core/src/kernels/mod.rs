@@ -6,6 +6,8 @@
 //! They are written as slice loops over fixed-size chunks so LLVM can vectorise them, and
 //! they check every length up front so the loops themselves cannot fail.
 
+pub mod attention;
+pub mod conv;
 pub mod linear;
 pub mod math;
 

@@ -1,0 +1,331 @@
+//! Multi-head self-attention that never materializes the `N x N` score matrix: queries
+//! go in blocks of [`Q_BLOCK`], keys stream past in blocks of [`K_BLOCK`], and each
+//! query keeps a running maximum, a running sum and an output accumulator (online
+//! softmax). Scratch is a fixed few thousand floats whatever the token count, so
+//! FastViTHD stage 4 at 1024 x 1024 (24 heads over 1024 tokens) needs no 100 MB score
+//! buffer.
+
+use crate::error::Error;
+
+/// Queries processed together: they share one transposed key block.
+pub const Q_BLOCK: usize = 16;
+/// Keys per streamed block.
+pub const K_BLOCK: usize = 64;
+
+/// Layout of a packed `tokens x 3C` QKV matrix, as FastViTHD's MHSA produces it: row `t`
+/// is `[q | k | v]`, each part `heads x head_dim`, head-major (spec §1.2: channel `j`
+/// belongs to part `j / C`, head `(j % C) / head_dim`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackedQkv {
+    /// Tokens (N).
+    pub tokens: usize,
+    /// Heads.
+    pub heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+}
+
+impl PackedQkv {
+    /// Model width C = heads x head_dim.
+    pub fn dim(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    /// f32s of scratch [`self_attention`] needs (independent of the token count).
+    pub fn scratch_floats(&self) -> usize {
+        // scaled queries, transposed keys, scores, and per-query max / sum.
+        Q_BLOCK * self.head_dim + self.head_dim * K_BLOCK + Q_BLOCK * K_BLOCK + 2 * Q_BLOCK
+    }
+}
+
+const LOG2E: f32 = core::f32::consts::LOG2_E;
+/// ln 2 split in two so `n * LN2_HI` is exact for the `n` that occur (|n| < 2^8).
+const LN2_HI: f32 = 0.693_145_75;
+const LN2_LO: f32 = 1.428_606_8e-6;
+/// 1.5 x 2^23: adding it rounds an f32 below 2^22 to an integer (ties to even), and the
+/// integer can be read back from the low mantissa bits.
+const ROUND_MAGIC: f32 = 12_582_912.0;
+
+/// e^x for x <= 0, branch-free so a loop over it vectorises. Relative error about 2e-7
+/// (degree-6 Taylor polynomial on |r| <= ln2/2, see the test); inputs below -87 give
+/// ~1e-38 instead of 0, which no softmax sum can notice next to its maximum term (1).
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 0.0);
+    let t = x * LOG2E + ROUND_MAGIC;
+    let n = t - ROUND_MAGIC;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    // The low mantissa bits of t hold n + 2^22; n is in -126..=0, so 127 + n is a normal
+    // f32 exponent.
+    let ni = (t.to_bits() as i32) - 0x4B40_0000;
+    let scale = f32::from_bits(((127 + ni) as u32) << 23);
+    p * scale
+}
+
+/// `out = softmax(scale · Q Kᵀ) V` per head over a packed QKV matrix (see [`PackedQkv`]).
+///
+/// `out` is `tokens x C` with channel `head * head_dim + d` (heads concatenated, as the
+/// output projection expects); `scratch` holds `l.scratch_floats()` f32s. The scale is
+/// applied to the queries before the dot products, as timm and Apple do.
+pub fn self_attention(
+    l: &PackedQkv,
+    qkv: &[f32],
+    scale: f32,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) -> Result<(), Error> {
+    let (n, hd, c) = (l.tokens, l.head_dim, l.dim());
+    if n == 0 || hd == 0 || l.heads == 0 {
+        return Err(Error::EmptyInput);
+    }
+    let len = |what, expected: usize, got: usize| {
+        if expected == got {
+            Ok(())
+        } else {
+            Err(Error::Length {
+                what,
+                expected,
+                got,
+            })
+        }
+    };
+    len("attention qkv", n * 3 * c, qkv.len())?;
+    len("attention output", n * c, out.len())?;
+    if scratch.len() < l.scratch_floats() {
+        return Err(Error::Length {
+            what: "attention scratch",
+            expected: l.scratch_floats(),
+            got: scratch.len(),
+        });
+    }
+    let (qs, rest) = scratch.split_at_mut(Q_BLOCK * hd);
+    let (kt, rest) = rest.split_at_mut(hd * K_BLOCK);
+    let (sc, rest) = rest.split_at_mut(Q_BLOCK * K_BLOCK);
+    let (mx, rest) = rest.split_at_mut(Q_BLOCK);
+    let sum = rest.get_mut(..Q_BLOCK).unwrap_or_default();
+    let rows = || qkv.chunks_exact(3 * c);
+
+    for h in 0..l.heads {
+        let (qo, ko, vo) = (h * hd, c + h * hd, 2 * c + h * hd);
+        let mut q0 = 0;
+        while q0 < n {
+            let nq = Q_BLOCK.min(n - q0);
+            for (dst, row) in qs.chunks_exact_mut(hd).zip(rows().skip(q0).take(nq)) {
+                let q = row.get(qo..qo + hd).unwrap_or_default();
+                for (d, &x) in dst.iter_mut().zip(q) {
+                    *d = x * scale;
+                }
+            }
+            mx.fill(f32::NEG_INFINITY);
+            sum.fill(0.0);
+            for o in out.chunks_exact_mut(c).skip(q0).take(nq) {
+                o.get_mut(qo..qo + hd).unwrap_or_default().fill(0.0);
+            }
+
+            let mut k0 = 0;
+            while k0 < n {
+                let nk = K_BLOCK.min(n - k0);
+                // Keys transposed to [d][j], so each query's scores are hd axpys over
+                // nk lanes instead of nk horizontal dot products.
+                for (j, row) in rows().skip(k0).take(nk).enumerate() {
+                    let k = row.get(ko..ko + hd).unwrap_or_default();
+                    for (d, &x) in k.iter().enumerate() {
+                        if let Some(slot) = kt.get_mut(d * K_BLOCK + j) {
+                            *slot = x;
+                        }
+                    }
+                }
+                for (i, o) in out.chunks_exact_mut(c).skip(q0).take(nq).enumerate() {
+                    let s = sc
+                        .get_mut(i * K_BLOCK..i * K_BLOCK + nk)
+                        .unwrap_or_default();
+                    s.fill(0.0);
+                    let q = qs.get(i * hd..(i + 1) * hd).unwrap_or_default();
+                    for (&qd, krow) in q.iter().zip(kt.chunks_exact(K_BLOCK)) {
+                        for (s, &k) in s.iter_mut().zip(krow) {
+                            *s += qd * k;
+                        }
+                    }
+                    let block_max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let (Some(m), Some(l)) = (mx.get_mut(i), sum.get_mut(i)) else {
+                        continue;
+                    };
+                    let m_new = m.max(block_max);
+                    // First block: m is -inf and the accumulator is zero anyway.
+                    let corr = if *m == f32::NEG_INFINITY {
+                        0.0
+                    } else {
+                        exp_nonpositive(*m - m_new)
+                    };
+                    *m = m_new;
+                    let mut block_sum = 0.0;
+                    for p in s.iter_mut() {
+                        *p = exp_nonpositive(*p - m_new);
+                        block_sum += *p;
+                    }
+                    *l = *l * corr + block_sum;
+                    let acc = o.get_mut(qo..qo + hd).unwrap_or_default();
+                    if corr != 1.0 {
+                        for a in acc.iter_mut() {
+                            *a *= corr;
+                        }
+                    }
+                    for (&p, row) in s.iter().zip(rows().skip(k0)) {
+                        let v = row.get(vo..vo + hd).unwrap_or_default();
+                        for (a, &v) in acc.iter_mut().zip(v) {
+                            *a += p * v;
+                        }
+                    }
+                }
+                k0 += nk;
+            }
+
+            for (o, &l) in out.chunks_exact_mut(c).skip(q0).take(nq).zip(sum.iter()) {
+                // l >= 1: the maximum's own term is exp(0).
+                let inv = 1.0 / l;
+                for a in o.get_mut(qo..qo + hd).unwrap_or_default() {
+                    *a *= inv;
+                }
+            }
+            q0 += nq;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::vec;
+    use std::vec::Vec;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn exp_is_accurate_on_the_softmax_range() {
+        let mut worst = 0f64;
+        let mut x = -80.0f32;
+        while x <= 0.0 {
+            let want = (x as f64).exp();
+            let got = exp_nonpositive(x) as f64;
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.0137;
+        }
+        // A few f32 ulps: far below what the softmax tolerance (1e-4 relative) needs.
+        assert!(worst < 5e-7, "worst relative error {worst}");
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+        assert!(exp_nonpositive(-1000.0) < 1e-37);
+    }
+
+    /// Materializes every score matrix, in f64.
+    fn reference(l: &PackedQkv, qkv: &[f32], scale: f32) -> Vec<f32> {
+        let (n, hd, c) = (l.tokens, l.head_dim, l.dim());
+        let mut out = vec![0f32; n * c];
+        for h in 0..l.heads {
+            for i in 0..n {
+                let q = &qkv[i * 3 * c + h * hd..][..hd];
+                let s: Vec<f64> = (0..n)
+                    .map(|j| {
+                        let k = &qkv[j * 3 * c + c + h * hd..][..hd];
+                        q.iter()
+                            .zip(k)
+                            .map(|(&a, &b)| (a * scale) as f64 * b as f64)
+                            .sum()
+                    })
+                    .collect();
+                let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|&x| (x - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for d in 0..hd {
+                    let acc: f64 = (0..n)
+                        .map(|j| e[j] * qkv[j * 3 * c + 2 * c + h * hd + d] as f64)
+                        .sum();
+                    out[i * c + h * hd + d] = (acc / z) as f32;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_materialized_softmax() {
+        // Token counts below, at and across block boundaries (1, 16, 64, 65, 150), and
+        // scores large enough that the running maximum changes between key blocks.
+        for &(n, heads, hd, amp) in &[
+            (1, 1, 32, 1.0f32),
+            (16, 2, 32, 3.0),
+            (64, 1, 8, 2.0),
+            (65, 3, 32, 4.0),
+            (150, 2, 16, 6.0),
+        ] {
+            let l = PackedQkv {
+                tokens: n,
+                heads,
+                head_dim: hd,
+            };
+            let qkv: Vec<f32> = values(n * 3 * l.dim(), n as u64)
+                .iter()
+                .map(|v| v * amp)
+                .collect();
+            let scale = (hd as f32).powf(-0.5);
+            let want = reference(&l, &qkv, scale);
+            let mut got = vec![f32::NAN; n * l.dim()];
+            let mut scratch = vec![0f32; l.scratch_floats()];
+            self_attention(&l, &qkv, scale, &mut got, &mut scratch).unwrap();
+            let err = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            // f32 scores carry a rounding error of a few ulps of their magnitude, which
+            // becomes the same absolute error in the exponent; outputs are convex
+            // combinations of values up to `amp`. Bound: amp · 4 eps · (1 + max score).
+            let smax = l.head_dim as f32 * amp * amp * scale;
+            let tol = amp * 4.0 * f32::EPSILON * (1.0 + smax);
+            assert!(err < tol, "{l:?}: {err} (tolerance {tol})");
+        }
+    }
+
+    #[test]
+    fn scratch_does_not_grow_with_tokens_and_lengths_are_checked() {
+        let small = PackedQkv {
+            tokens: 4,
+            heads: 24,
+            head_dim: 32,
+        };
+        let big = PackedQkv {
+            tokens: 1024,
+            ..small
+        };
+        assert_eq!(small.scratch_floats(), big.scratch_floats());
+        assert!(big.scratch_floats() < 8192);
+        let l = PackedQkv {
+            tokens: 3,
+            heads: 1,
+            head_dim: 4,
+        };
+        let qkv = vec![0f32; 36];
+        let mut out = vec![0f32; 12];
+        let mut scratch = vec![0f32; l.scratch_floats()];
+        assert!(self_attention(&l, &qkv[1..], 1.0, &mut out, &mut scratch).is_err());
+        assert!(self_attention(&l, &qkv, 1.0, &mut out[1..], &mut scratch).is_err());
+        assert!(self_attention(&l, &qkv, 1.0, &mut out, &mut scratch[1..]).is_err());
+        self_attention(&l, &qkv, 1.0, &mut out, &mut scratch).unwrap();
+        // All-equal scores: a plain average of the (zero) values.
+        assert!(out.iter().all(|&x| x == 0.0));
+    }
+}

@@ -1,0 +1,775 @@
+//! Convolutions over NHWC activations, vectorised over channels: the depthwise and
+//! channel-multiplier ("1 input to `mult` outputs per group") convs behind RepMixer,
+//! RepCPE, ConvFFN, the PatchEmbed large kernel, `conv_exp` and stem.1, and the one full
+//! conv (stem.0), which reads the planar `3 x R x R` input image.
+//!
+//! Kernels are stored channels-innermost (`[kh, kw, C_out]` for grouped convs, OHWI for
+//! the full conv, see `tools/src/convert/model.rs`), so every tap is a contiguous run of
+//! channels and the inner loops are plain slice loops over channels. Padding is zero and
+//! symmetric (`kernel / 2`), as in every FastViTHD conv.
+//!
+//! Both kernels compute a range of output rows from a window of input rows, so a caller
+//! can tile a layer over rows (to bound a buffer, or to split work between threads)
+//! without copying halos around.
+
+use core::ops::Range;
+
+use glimpse_quant::DType;
+
+use crate::error::{Error, tensor_name};
+use crate::image::TensorView;
+use crate::kernels::Vector;
+
+/// Output channels a grouped conv handles per pass: its kernel taps for these channels
+/// (up to `7 x 7 x 64` f32, 12.5 KiB) stay in L1 while it sweeps the rows.
+pub const CHANNEL_CHUNK: usize = 64;
+
+/// A conv kernel or bias in a kept (unquantized) format: f32, f16 or bf16, any shape,
+/// read as a flat run of values.
+#[derive(Clone, Copy, Debug)]
+pub struct Params<'a> {
+    dtype: DType,
+    data: &'a [u8],
+}
+
+fn elem_bytes(dtype: DType) -> Option<usize> {
+    match dtype {
+        DType::F32 => Some(4),
+        DType::F16 | DType::BF16 => Some(2),
+        _ => None,
+    }
+}
+
+impl<'a> Params<'a> {
+    /// View a kept tensor of any shape.
+    pub fn from_view(v: &TensorView<'a>) -> Result<Self, Error> {
+        Self::new(v.dtype, v.data).map_err(|_| Error::DType {
+            tensor: tensor_name(v.name),
+            dtype: v.dtype,
+        })
+    }
+
+    /// View little-endian `dtype` values (F32, F16 or BF16).
+    pub fn new(dtype: DType, data: &'a [u8]) -> Result<Self, Error> {
+        let size = elem_bytes(dtype).ok_or(Error::DType {
+            tensor: tensor_name("(conv parameter)"),
+            dtype,
+        })?;
+        if !data.len().is_multiple_of(size) {
+            return Err(Error::Length {
+                what: "conv parameter payload",
+                expected: data.len() / size * size,
+                got: data.len(),
+            });
+        }
+        Ok(Params { dtype, data })
+    }
+
+    /// A view of plain f32s (tests, precomputed parameters).
+    pub fn from_f32(v: &'a [f32]) -> Self {
+        Params {
+            dtype: DType::F32,
+            data: bytemuck::cast_slice(v),
+        }
+    }
+
+    /// Storage format.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        self.data.len() / elem_bytes(self.dtype).unwrap_or(1)
+    }
+
+    /// Whether it holds no value.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Decode values `start .. start + out.len()` into `out`.
+    pub fn load(&self, start: usize, out: &mut [f32]) -> Result<(), Error> {
+        let size = elem_bytes(self.dtype).unwrap_or(1);
+        let bytes = start
+            .checked_add(out.len())
+            .and_then(|end| self.data.get(start * size..end.checked_mul(size)?))
+            .ok_or(Error::Length {
+                what: "conv parameter range",
+                expected: start.saturating_add(out.len()),
+                got: self.len(),
+            })?;
+        Vector::new(self.dtype, out.len(), bytes)?.zip_apply(out, |_, w| w);
+        Ok(())
+    }
+}
+
+fn check_len(what: &'static str, expected: usize, got: usize) -> Result<(), Error> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(Error::Length {
+            what,
+            expected,
+            got,
+        })
+    }
+}
+
+/// Output length of a conv along one axis with `kernel / 2` zero padding.
+fn out_len(len: usize, kernel: usize, stride: usize) -> usize {
+    let padded = len + 2 * (kernel / 2);
+    if padded < kernel || stride == 0 {
+        0
+    } else {
+        (padded - kernel) / stride + 1
+    }
+}
+
+/// Taps `0..kernel` that land inside `0..len` for an output whose first tap sits at
+/// `origin` (which is negative in the top/left padding).
+fn valid_taps(origin: isize, kernel: usize, len: usize) -> Range<usize> {
+    let lo = (-origin).clamp(0, kernel as isize) as usize;
+    let hi = (len as isize - origin).clamp(0, kernel as isize) as usize;
+    lo..hi.max(lo)
+}
+
+/// Rows of the input that output rows `rows` read, clipped to the image.
+fn input_rows(rows: &Range<usize>, kernel: usize, stride: usize, height: usize) -> Range<usize> {
+    if rows.is_empty() {
+        return 0..0;
+    }
+    let pad = kernel / 2;
+    let lo = (rows.start * stride).saturating_sub(pad);
+    let hi = ((rows.end - 1) * stride + kernel)
+        .saturating_sub(pad)
+        .min(height);
+    lo..hi.max(lo)
+}
+
+/// Geometry of a grouped conv with one input channel per group: output channel `o` reads
+/// input channel `o / mult` (`mult = 1` is a depthwise conv; FastViTHD's PatchEmbed and
+/// `conv_exp` use `mult = 2`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grouped {
+    /// Input height.
+    pub height: usize,
+    /// Input width.
+    pub width: usize,
+    /// Input channels.
+    pub channels: usize,
+    /// Output channels per input channel.
+    pub mult: usize,
+    /// Square kernel size (odd).
+    pub kernel: usize,
+    /// Stride in both directions.
+    pub stride: usize,
+}
+
+impl Grouped {
+    /// Output channels.
+    pub fn out_channels(&self) -> usize {
+        self.channels * self.mult
+    }
+
+    /// Output height.
+    pub fn out_height(&self) -> usize {
+        out_len(self.height, self.kernel, self.stride)
+    }
+
+    /// Output width.
+    pub fn out_width(&self) -> usize {
+        out_len(self.width, self.kernel, self.stride)
+    }
+
+    /// Input channels handled per pass (whole groups, about [`CHANNEL_CHUNK`] outputs).
+    fn in_chunk(&self) -> usize {
+        (CHANNEL_CHUNK / self.mult.max(1)).max(1)
+    }
+
+    /// f32s of scratch [`grouped_conv`] needs.
+    pub fn scratch_floats(&self) -> usize {
+        let co = self.in_chunk() * self.mult;
+        (self.kernel * self.kernel + 1) * co
+    }
+
+    /// Rows of the input that output rows `rows` read (clipped to the image).
+    pub fn input_rows(&self, rows: Range<usize>) -> Range<usize> {
+        input_rows(&rows, self.kernel, self.stride, self.height)
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        if self.kernel.is_multiple_of(2)
+            || self.stride == 0
+            || self.mult == 0
+            || self.channels == 0
+            || self.out_height() == 0
+            || self.out_width() == 0
+        {
+            return Err(Error::Config {
+                what: "grouped conv geometry (even kernel, zero stride/size or empty output)",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `acc[j] += x[j / mult] * w[j]` for one tap, over one chunk of channels.
+#[inline(always)]
+fn mac_grouped(acc: &mut [f32], x: &[f32], w: &[f32], mult: usize) {
+    match mult {
+        1 => {
+            for ((a, &x), &w) in acc.iter_mut().zip(x).zip(w) {
+                *a += x * w;
+            }
+        }
+        2 => {
+            let (acc2, _) = acc.as_chunks_mut::<2>();
+            let (w2, _) = w.as_chunks::<2>();
+            for ((a, &x), w) in acc2.iter_mut().zip(x).zip(w2) {
+                a[0] += x * w[0];
+                a[1] += x * w[1];
+            }
+        }
+        m => {
+            for ((a, &x), w) in acc.chunks_mut(m).zip(x).zip(w.chunks(m)) {
+                for (a, &w) in a.iter_mut().zip(w) {
+                    *a += x * w;
+                }
+            }
+        }
+    }
+}
+
+/// Output rows `rows` of a grouped conv (see [`Grouped`]), plus bias.
+///
+/// - `input` holds whole NHWC rows `in_row0 ..` of the `height x width x channels`
+///   input; it must contain every row `g.input_rows(rows)` names.
+/// - `weight` is `[kernel, kernel, out_channels]`, `bias` is `[out_channels]`.
+/// - `out` receives `rows.len() x out_width x out_channels`, NHWC.
+/// - `scratch` holds at least `g.scratch_floats()` f32s (decoded taps of one chunk).
+#[allow(clippy::too_many_arguments)]
+pub fn grouped_conv(
+    g: &Grouped,
+    input: &[f32],
+    in_row0: usize,
+    weight: Params<'_>,
+    bias: Params<'_>,
+    rows: Range<usize>,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) -> Result<(), Error> {
+    g.validate()?;
+    let (k, s, c, m) = (g.kernel, g.stride, g.channels, g.mult);
+    let co = g.out_channels();
+    let (ow, oh) = (g.out_width(), g.out_height());
+    let row_len = g.width * c;
+    if rows.end > oh {
+        return Err(Error::Length {
+            what: "grouped conv output rows",
+            expected: oh,
+            got: rows.end,
+        });
+    }
+    check_len("grouped conv weight", k * k * co, weight.len())?;
+    check_len("grouped conv bias", co, bias.len())?;
+    check_len("grouped conv output", rows.len() * ow * co, out.len())?;
+    if !input.len().is_multiple_of(row_len) {
+        return Err(Error::Length {
+            what: "grouped conv input (whole rows)",
+            expected: input.len() / row_len * row_len,
+            got: input.len(),
+        });
+    }
+    let window = in_row0..in_row0 + input.len() / row_len;
+    let need = g.input_rows(rows.clone());
+    if !need.is_empty() && (need.start < window.start || need.end > window.end) {
+        return Err(Error::Length {
+            what: "grouped conv input window (rows)",
+            expected: need.end,
+            got: window.end,
+        });
+    }
+    if scratch.len() < g.scratch_floats() {
+        return Err(Error::Length {
+            what: "grouped conv scratch",
+            expected: g.scratch_floats(),
+            got: scratch.len(),
+        });
+    }
+    let in_rows: &[f32] = input;
+    let pad = (k / 2) as isize;
+
+    let ci_chunk = g.in_chunk();
+    let mut ci0 = 0;
+    while ci0 < c {
+        let nci = ci_chunk.min(c - ci0);
+        let (co0, nco) = (ci0 * m, nci * m);
+        let (wk, rest) = scratch.split_at_mut(k * k * nco);
+        let bk = rest.get_mut(..nco).ok_or(Error::Length {
+            what: "grouped conv scratch",
+            expected: g.scratch_floats(),
+            got: 0,
+        })?;
+        for (tap, dst) in wk.chunks_exact_mut(nco).enumerate() {
+            weight.load(tap * co + co0, dst)?;
+        }
+        bias.load(co0, bk)?;
+
+        for (oy, out_row) in rows.clone().zip(out.chunks_exact_mut(ow * co)) {
+            let iy0 = (oy * s) as isize - pad;
+            let kys = valid_taps(iy0, k, g.height);
+            for (ox, out_px) in out_row.chunks_exact_mut(co).enumerate() {
+                let acc = out_px.get_mut(co0..co0 + nco).unwrap_or_default();
+                acc.copy_from_slice(bk);
+                let ix0 = (ox * s) as isize - pad;
+                let kxs = valid_taps(ix0, k, g.width);
+                for ky in kys.clone() {
+                    let iy = (iy0 + ky as isize) as usize - window.start;
+                    let Some(in_row) = in_rows.get(iy * row_len..(iy + 1) * row_len) else {
+                        continue;
+                    };
+                    for kx in kxs.clone() {
+                        let ix = (ix0 + kx as isize) as usize;
+                        let x = in_row
+                            .get(ix * c + ci0..ix * c + ci0 + nci)
+                            .unwrap_or_default();
+                        let w = wk
+                            .get((ky * k + kx) * nco..(ky * k + kx + 1) * nco)
+                            .unwrap_or_default();
+                        mac_grouped(acc, x, w, m);
+                    }
+                }
+            }
+        }
+        ci0 += nci;
+    }
+    Ok(())
+}
+
+/// Geometry of a full (ungrouped) conv over a planar `channels x height x width` input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dense {
+    /// Input height.
+    pub height: usize,
+    /// Input width.
+    pub width: usize,
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Square kernel size (odd).
+    pub kernel: usize,
+    /// Stride in both directions.
+    pub stride: usize,
+}
+
+impl Dense {
+    /// Output height.
+    pub fn out_height(&self) -> usize {
+        out_len(self.height, self.kernel, self.stride)
+    }
+
+    /// Output width.
+    pub fn out_width(&self) -> usize {
+        out_len(self.width, self.kernel, self.stride)
+    }
+
+    /// f32s of scratch [`dense_conv_planar`] needs: the kernel transposed to
+    /// `[kh, kw, in, out]` (outputs innermost, so a tap is one vector op), the bias, and
+    /// one decoded kernel row for the transposition.
+    pub fn scratch_floats(&self) -> usize {
+        let taps = self.kernel * self.kernel * self.in_channels;
+        (taps + 1) * self.out_channels + taps
+    }
+
+    /// Rows of the input that output rows `rows` read (clipped to the image).
+    pub fn input_rows(&self, rows: Range<usize>) -> Range<usize> {
+        input_rows(&rows, self.kernel, self.stride, self.height)
+    }
+}
+
+/// Output rows `rows` of a full conv, plus bias, from a planar (CHW) input, as NHWC.
+///
+/// `input` is the whole `in_channels x height x width` image, `weight` is OHWI
+/// `[out, kernel, kernel, in]`, `bias` is `[out]`, `out` receives
+/// `rows.len() x out_width x out_channels`, and `scratch` holds `g.scratch_floats()`.
+#[allow(clippy::too_many_arguments)]
+pub fn dense_conv_planar(
+    g: &Dense,
+    input: &[f32],
+    weight: Params<'_>,
+    bias: Params<'_>,
+    rows: Range<usize>,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) -> Result<(), Error> {
+    let (k, s, ci, co) = (g.kernel, g.stride, g.in_channels, g.out_channels);
+    if k.is_multiple_of(2)
+        || s == 0
+        || ci == 0
+        || co == 0
+        || g.out_height() == 0
+        || g.out_width() == 0
+    {
+        return Err(Error::Config {
+            what: "dense conv geometry (even kernel, zero stride/size or empty output)",
+        });
+    }
+    let (oh, ow) = (g.out_height(), g.out_width());
+    let plane = g.height * g.width;
+    if rows.end > oh {
+        return Err(Error::Length {
+            what: "dense conv output rows",
+            expected: oh,
+            got: rows.end,
+        });
+    }
+    check_len("dense conv input", ci * plane, input.len())?;
+    check_len("dense conv weight", co * k * k * ci, weight.len())?;
+    check_len("dense conv bias", co, bias.len())?;
+    check_len("dense conv output", rows.len() * ow * co, out.len())?;
+    if scratch.len() < g.scratch_floats() {
+        return Err(Error::Length {
+            what: "dense conv scratch",
+            expected: g.scratch_floats(),
+            got: scratch.len(),
+        });
+    }
+    let taps = k * k * ci;
+    let (wt, rest) = scratch.split_at_mut(taps * co);
+    let (bt, rest) = rest.split_at_mut(co);
+    let row = rest.get_mut(..taps).unwrap_or_default();
+    // OHWI -> [tap][out], once per call (the stem calls it once per few rows).
+    for o in 0..co {
+        weight.load(o * taps, row)?;
+        for (dst, &w) in wt.iter_mut().skip(o).step_by(co).zip(row.iter()) {
+            *dst = w;
+        }
+    }
+    bias.load(0, bt)?;
+
+    let pad = (k / 2) as isize;
+    for (oy, out_row) in rows.zip(out.chunks_exact_mut(ow * co)) {
+        let iy0 = (oy * s) as isize - pad;
+        let kys = valid_taps(iy0, k, g.height);
+        for (ox, acc) in out_row.chunks_exact_mut(co).enumerate() {
+            acc.copy_from_slice(bt);
+            let ix0 = (ox * s) as isize - pad;
+            let kxs = valid_taps(ix0, k, g.width);
+            for ky in kys.clone() {
+                let iy = (iy0 + ky as isize) as usize;
+                for kx in kxs.clone() {
+                    let ix = (ix0 + kx as isize) as usize;
+                    for i in 0..ci {
+                        let x = input
+                            .get(i * plane + iy * g.width + ix)
+                            .copied()
+                            .unwrap_or(0.0);
+                        let t = (ky * k + kx) * ci + i;
+                        let w = wt.get(t * co..(t + 1) * co).unwrap_or_default();
+                        for (a, &w) in acc.iter_mut().zip(w) {
+                            *a += x * w;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::vec;
+    use std::vec::Vec;
+
+    /// Deterministic values in [-1, 1) (xorshift), so tests need no rand crate.
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// Straight from the definition, in f64: out[o] = b[o] + sum x[o/m] w[o] over taps.
+    fn grouped_reference(g: &Grouped, x: &[f32], w: &[f32], b: &[f32]) -> Vec<f32> {
+        let (oh, ow, co) = (g.out_height(), g.out_width(), g.out_channels());
+        let p = (g.kernel / 2) as isize;
+        let mut out = vec![0f32; oh * ow * co];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for o in 0..co {
+                    let mut acc = b[o] as f64;
+                    for ky in 0..g.kernel {
+                        for kx in 0..g.kernel {
+                            let iy = (oy * g.stride + ky) as isize - p;
+                            let ix = (ox * g.stride + kx) as isize - p;
+                            if iy < 0 || ix < 0 || iy >= g.height as isize || ix >= g.width as isize
+                            {
+                                continue;
+                            }
+                            let xi =
+                                ((iy as usize * g.width + ix as usize) * g.channels) + o / g.mult;
+                            acc += x[xi] as f64 * w[(ky * g.kernel + kx) * co + o] as f64;
+                        }
+                    }
+                    out[(oy * ow + ox) * co + o] = acc as f32;
+                }
+            }
+        }
+        out
+    }
+
+    fn max_err(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn grouped_matches_definition_for_every_shape_in_use() {
+        // Channel counts that exercise partial chunks (70 = 64 + 6), multipliers 1, 2, 3,
+        // kernels 3 and 7, strides 1 and 2, odd and even sizes.
+        for &(h, w, c, m, k, s) in &[
+            (9, 7, 70, 1, 3, 1),
+            (8, 8, 5, 1, 7, 1),
+            (11, 6, 40, 2, 7, 2),
+            (6, 6, 33, 2, 3, 1),
+            (5, 9, 7, 3, 3, 2),
+            (3, 3, 4, 1, 7, 1),
+        ] {
+            let g = Grouped {
+                height: h,
+                width: w,
+                channels: c,
+                mult: m,
+                kernel: k,
+                stride: s,
+            };
+            let co = g.out_channels();
+            let x = values(h * w * c, 1);
+            let wt = values(k * k * co, 2);
+            let b = values(co, 3);
+            let want = grouped_reference(&g, &x, &wt, &b);
+            let mut got = vec![0f32; want.len()];
+            let mut scratch = vec![0f32; g.scratch_floats()];
+            grouped_conv(
+                &g,
+                &x,
+                0,
+                Params::from_f32(&wt),
+                Params::from_f32(&b),
+                0..g.out_height(),
+                &mut got,
+                &mut scratch,
+            )
+            .unwrap();
+            // Sums of up to 49 products of values below 1: f32 rounding stays far below 1e-5.
+            assert!(
+                max_err(&got, &want) < 1e-5,
+                "{g:?}: {}",
+                max_err(&got, &want)
+            );
+        }
+    }
+
+    #[test]
+    fn row_tiles_from_input_windows_match_the_whole() {
+        let g = Grouped {
+            height: 13,
+            width: 5,
+            channels: 9,
+            mult: 2,
+            kernel: 7,
+            stride: 2,
+        };
+        let co = g.out_channels();
+        let x = values(13 * 5 * 9, 4);
+        let wt = values(49 * co, 5);
+        let b = values(co, 6);
+        let want = grouped_reference(&g, &x, &wt, &b);
+        let row = g.out_width() * co;
+        let mut scratch = vec![0f32; g.scratch_floats()];
+        for oy in 0..g.out_height() {
+            let need = g.input_rows(oy..oy + 1);
+            let window = &x[need.start * 5 * 9..need.end * 5 * 9];
+            let mut got = vec![0f32; row];
+            grouped_conv(
+                &g,
+                window,
+                need.start,
+                Params::from_f32(&wt),
+                Params::from_f32(&b),
+                oy..oy + 1,
+                &mut got,
+                &mut scratch,
+            )
+            .unwrap();
+            assert!(max_err(&got, &want[oy * row..(oy + 1) * row]) < 1e-5);
+        }
+        // A window that misses a needed row is refused, not read out of bounds.
+        let mut got = vec![0f32; row];
+        let r = grouped_conv(
+            &g,
+            &x[5 * 9..],
+            1,
+            Params::from_f32(&wt),
+            Params::from_f32(&b),
+            2..3,
+            &mut got,
+            &mut scratch,
+        );
+        assert!(r.is_ok());
+        let r = grouped_conv(
+            &g,
+            &x[5 * 5 * 9..],
+            5,
+            Params::from_f32(&wt),
+            Params::from_f32(&b),
+            2..3,
+            &mut got,
+            &mut scratch,
+        );
+        assert!(matches!(r, Err(Error::Length { .. })), "{r:?}");
+    }
+
+    #[test]
+    fn f16_kernels_decode_to_the_same_result() {
+        let g = Grouped {
+            height: 6,
+            width: 6,
+            channels: 12,
+            mult: 1,
+            kernel: 3,
+            stride: 1,
+        };
+        let x = values(6 * 6 * 12, 7);
+        // Values exactly representable in f16, so both paths see the same kernel.
+        let wt: Vec<f32> = values(9 * 12, 8)
+            .iter()
+            .map(|&v| half::f16::from_f32(v).to_f32())
+            .collect();
+        let b = values(12, 9);
+        let wt16: Vec<u8> = wt
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect();
+        let mut a = vec![0f32; 6 * 6 * 12];
+        let mut bb = a.clone();
+        let mut scratch = vec![0f32; g.scratch_floats()];
+        grouped_conv(
+            &g,
+            &x,
+            0,
+            Params::from_f32(&wt),
+            Params::from_f32(&b),
+            0..6,
+            &mut a,
+            &mut scratch,
+        )
+        .unwrap();
+        grouped_conv(
+            &g,
+            &x,
+            0,
+            Params::new(DType::F16, &wt16).unwrap(),
+            Params::from_f32(&b),
+            0..6,
+            &mut bb,
+            &mut scratch,
+        )
+        .unwrap();
+        assert_eq!(a, bb);
+        assert!(Params::new(DType::Q8_0, &[0; 34]).is_err());
+    }
+
+    #[test]
+    fn wrong_lengths_are_errors() {
+        let g = Grouped {
+            height: 4,
+            width: 4,
+            channels: 2,
+            mult: 1,
+            kernel: 3,
+            stride: 1,
+        };
+        let x = vec![0f32; 32];
+        let wt = vec![0f32; 18];
+        let b = vec![0f32; 2];
+        let mut out = vec![0f32; 32];
+        let mut scratch = vec![0f32; g.scratch_floats()];
+        let p = Params::from_f32;
+        assert!(
+            grouped_conv(&g, &x, 0, p(&wt[..17]), p(&b), 0..4, &mut out, &mut scratch).is_err()
+        );
+        assert!(grouped_conv(&g, &x, 0, p(&wt), p(&b[..1]), 0..4, &mut out, &mut scratch).is_err());
+        assert!(
+            grouped_conv(&g, &x[..31], 0, p(&wt), p(&b), 0..4, &mut out, &mut scratch).is_err()
+        );
+        assert!(grouped_conv(&g, &x, 0, p(&wt), p(&b), 0..5, &mut out, &mut scratch).is_err());
+        assert!(grouped_conv(&g, &x, 0, p(&wt), p(&b), 0..4, &mut out[1..], &mut scratch).is_err());
+        assert!(grouped_conv(&g, &x, 0, p(&wt), p(&b), 0..4, &mut out, &mut scratch[1..]).is_err());
+        let even = Grouped { kernel: 2, ..g };
+        assert!(grouped_conv(&even, &x, 0, p(&wt), p(&b), 0..1, &mut out, &mut scratch).is_err());
+    }
+
+    #[test]
+    fn dense_planar_matches_definition() {
+        for &(h, w, ci, co, k, s) in &[(10, 9, 3, 20, 3, 2), (5, 5, 2, 3, 3, 1), (7, 4, 3, 8, 5, 2)]
+        {
+            let g = Dense {
+                height: h,
+                width: w,
+                in_channels: ci,
+                out_channels: co,
+                kernel: k,
+                stride: s,
+            };
+            let x = values(ci * h * w, 10);
+            let wt = values(co * k * k * ci, 11);
+            let b = values(co, 12);
+            let (oh, ow) = (g.out_height(), g.out_width());
+            let p = (k / 2) as isize;
+            let mut want = vec![0f32; oh * ow * co];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    for o in 0..co {
+                        let mut acc = b[o] as f64;
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = (oy * s + ky) as isize - p;
+                                let ix = (ox * s + kx) as isize - p;
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                    continue;
+                                }
+                                for i in 0..ci {
+                                    let xv = x[i * h * w + iy as usize * w + ix as usize];
+                                    let wv = wt[((o * k + ky) * k + kx) * ci + i];
+                                    acc += xv as f64 * wv as f64;
+                                }
+                            }
+                        }
+                        want[(oy * ow + ox) * co + o] = acc as f32;
+                    }
+                }
+            }
+            let mut scratch = vec![0f32; g.scratch_floats()];
+            // Two row tiles, to check the row offset.
+            let split = oh / 2;
+            let mut got = vec![0f32; want.len()];
+            let (top, bottom) = got.split_at_mut(split * ow * co);
+            let (wp, bp) = (Params::from_f32(&wt), Params::from_f32(&b));
+            dense_conv_planar(&g, &x, wp, bp, 0..split, top, &mut scratch).unwrap();
+            dense_conv_planar(&g, &x, wp, bp, split..oh, bottom, &mut scratch).unwrap();
+            assert!(max_err(&got, &want) < 1e-5, "{g:?}");
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! AttentionBlock (spec §1.2): `y = x + ls1 ⊙ MHSA(LayerNormChannel(x))`,
+//! `out = y + ls2 ⊙ ConvFFN(y)`, both residuals applied in place. Tokens are the pixels
+//! in row-major order, which is exactly the NHWC layout, so no reshaping happens. The
+//! attention itself streams keys (see [`crate::kernels::attention`]); only the `N x 3C`
+//! QKV matrix is stored.
+
+use glimpse_quant::layout::{VisionConfig, VisionStage};
+
+use super::convffn::{ConvFfn, FfnInput};
+use super::{
+    Shape, Work, block_prefix, kept, linear_tiled, matrix, prefix_mut, tile_pixels,
+    tiled_scratch_bytes, vector,
+};
+use crate::arena::Arena;
+use crate::error::Error;
+use crate::image::Image;
+use crate::kernels::attention::{PackedQkv, self_attention};
+use crate::kernels::conv::Params;
+use crate::kernels::linear::linear_vec;
+use crate::kernels::{Vector, Weights};
+
+/// One attention block.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionBlock<'a> {
+    dim: usize,
+    head_dim: usize,
+    eps: f32,
+    norm_w: Params<'a>,
+    norm_b: Params<'a>,
+    qkv: Weights<'a>,
+    proj: Weights<'a>,
+    proj_b: Vector<'a>,
+    scale: Params<'a>,
+    ffn: ConvFfn<'a>,
+}
+
+/// LayerNormChannel: per pixel, normalize over the channels with the biased variance,
+/// then `w ⊙ x̂ + b` (Apple's hand-written form; two passes for accuracy).
+pub fn layer_norm_channel(x: &[f32], out: &mut [f32], w: &[f32], b: &[f32], eps: f32) {
+    let c = w.len().max(1);
+    let inv_c = 1.0 / c as f32;
+    for (o, x) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+        let mean = x.iter().sum::<f32>() * inv_c;
+        let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() * inv_c;
+        let inv = 1.0 / libm::sqrtf(var + eps);
+        for (((o, &v), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
+            *o = (v - mean) * inv * w + b;
+        }
+    }
+}
+
+impl<'a> AttentionBlock<'a> {
+    /// Find and check `vision.stages.{stage}.blocks.{block}.*`.
+    pub fn load(
+        image: &Image<'a>,
+        cfg: &VisionConfig,
+        stage: usize,
+        block: usize,
+        st: &VisionStage,
+    ) -> Result<Self, Error> {
+        let dim = st.dim as usize;
+        let head_dim = cfg.head_dim as usize;
+        if head_dim == 0 || !dim.is_multiple_of(head_dim) {
+            return Err(Error::Config {
+                what: "attention width is not a multiple of head_dim",
+            });
+        }
+        let p = block_prefix(stage, block)?;
+        Ok(AttentionBlock {
+            dim,
+            head_dim,
+            eps: cfg.norm_eps,
+            norm_w: kept(image, format_args!("{p}.norm.weight"), &[dim])?,
+            norm_b: kept(image, format_args!("{p}.norm.bias"), &[dim])?,
+            qkv: matrix(image, format_args!("{p}.attn.qkv.weight"), 3 * dim, dim)?,
+            proj: matrix(image, format_args!("{p}.attn.proj.weight"), dim, dim)?,
+            proj_b: vector(image, format_args!("{p}.attn.proj.bias"), dim)?,
+            scale: kept(image, format_args!("{p}.attn_scale"), &[dim])?,
+            ffn: ConvFfn::load(image, cfg, &p, dim, st.ffn_dim as usize)?,
+        })
+    }
+
+    fn layout(&self, shape: Shape) -> PackedQkv {
+        PackedQkv {
+            tokens: shape.pixels(),
+            heads: self.dim / self.head_dim.max(1),
+            head_dim: self.head_dim,
+        }
+    }
+
+    fn linear_scratch(&self, n: usize) -> usize {
+        tiled_scratch_bytes(&self.qkv, n).max(tiled_scratch_bytes(&self.proj, n))
+    }
+
+    /// Scratch taken from the work region.
+    pub(crate) fn work(&self, shape: Shape) -> Work {
+        let n = shape.pixels();
+        let c = self.dim;
+        let mhsa = Work::default()
+            .f32s(self.layout(shape).scratch_floats())
+            .f32s(3 * c)
+            .f32s(n.min(tile_pixels(c)) * c)
+            .bytes(self.linear_scratch(n));
+        Work(mhsa.0.max(self.ffn.work(shape, &FfnInput::Identity).0))
+    }
+
+    /// Values of `other` the block uses: the normalized input and then the attention
+    /// output (`N x C`) beside the QKV matrix (`N x 3C`). At the attention stages this
+    /// is well below the activation buffers' size, which the stage-0 input sets.
+    pub fn other_floats(&self, shape: Shape) -> usize {
+        4 * shape.pixels() * self.dim
+    }
+
+    /// Run the block on `x` in place; `other` is scratch and must hold
+    /// [`AttentionBlock::other_floats`] values.
+    pub fn forward(
+        &self,
+        x: &mut [f32],
+        other: &mut [f32],
+        shape: Shape,
+        arena: &mut Arena<'_>,
+    ) -> Result<(), Error> {
+        let (n, c) = (shape.pixels(), self.dim);
+        if shape.channels != c {
+            return Err(Error::Length {
+                what: "attention block input channels",
+                expected: c,
+                got: shape.channels,
+            });
+        }
+        let layout = self.layout(shape);
+        {
+            let x = prefix_mut(x, shape.len())?;
+            let (t, qkv) = prefix_mut(other, self.other_floats(shape))?.split_at_mut(n * c);
+            arena.scope(|a| {
+                let attn_scratch = a.f32s(layout.scratch_floats())?;
+                let params = a.f32s(3 * c)?;
+                let tile_px = tile_pixels(c);
+                let tile = a.f32s(n.min(tile_px) * c)?;
+                let lin = a.bytes(self.linear_scratch(n))?;
+                let (nw, rest) = params.split_at_mut(c);
+                let (nb, ls) = rest.split_at_mut(c);
+                self.norm_w.load(0, nw)?;
+                self.norm_b.load(0, nb)?;
+                self.scale.load(0, ls)?;
+
+                layer_norm_channel(x, t, nw, nb, self.eps);
+                linear_tiled(&self.qkv, None, t, qkv, lin)?;
+                // head_dim^-0.5 rounded once from f64, as PyTorch's Python-float scale is.
+                let scale = (1.0 / libm::sqrt(self.head_dim as f64)) as f32;
+                self_attention(&layout, qkv, scale, t, attn_scratch)?;
+                for (xt, at) in x.chunks_mut(tile_px * c).zip(t.chunks(tile_px * c)) {
+                    let px = at.len() / c;
+                    let p = prefix_mut(tile, px * c)?;
+                    linear_vec(&self.proj, Some(&self.proj_b), at, px, p, lin)?;
+                    for (xr, pr) in xt.chunks_exact_mut(c).zip(p.chunks_exact(c)) {
+                        for ((x, &p), &s) in xr.iter_mut().zip(pr).zip(ls.iter()) {
+                            *x += s * p;
+                        }
+                    }
+                }
+                Ok::<(), Error>(())
+            })?;
+        }
+        self.ffn
+            .residual_in_place(x, shape, FfnInput::Identity, arena)
+    }
+}

@@ -1,0 +1,622 @@
+//! FastViTHD, FastVLM's vision encoder (spec `fastvlm.md` §1): the graph for any stage
+//! layout a weights image describes, run on NHWC f32 activations inside the arena.
+//!
+//! ```text
+//! pixels 3xRxR --stem--> stage 0 --[PatchEmbed, RepCPE?, blocks]--> ... --> head
+//!                                  (RepMixerBlock or AttentionBlock)     conv_exp+SE+GELU
+//! ```
+//!
+//! Memory: the blocks run in place on the current activation (`cur`); a second buffer
+//! (`other`) receives what changes size or cannot run in place (PatchEmbed, RepCPE,
+//! conv_exp) and serves the attention blocks as scratch for their QKV matrix, and the
+//! two swap roles. Each layer also borrows a work region through [`Arena::scope`] and
+//! gives it back (a row tile of a ConvFFN or a downsampler, conv and linear scratch;
+//! [`TILE_FLOATS`] bounds it). So nothing the reference holds transiently is ever stored
+//! at full size: not stem.0's output, not a ConvFFN hidden layer or its input, not an
+//! attention score matrix; at 1024² the largest buffer is the stage-0 activation itself.
+//! [`VisionEncoder::arena_bytes`] sums exactly what [`VisionEncoder::encode`] allocates,
+//! and `encode` checks the arena against it before it touches anything.
+//!
+//! Layers are looked up by canonical name when they run (a binary search each) rather
+//! than stored, so the encoder is a few words whatever the depth; [`VisionEncoder::new`]
+//! checks every tensor against the config once.
+
+pub mod attention;
+pub mod convffn;
+pub mod head;
+pub mod patch_embed;
+pub mod repcpe;
+pub mod repmixer;
+pub mod stem;
+
+use core::fmt::{self, Write as _};
+
+use glimpse_quant::layout::{TokenMixer, VisionConfig};
+
+use crate::arena::{Arena, padded};
+use crate::error::{Dims, Error, tensor_name};
+use crate::image::{Image, TensorView};
+use crate::kernels::conv::Params;
+use crate::kernels::linear::linear_vec;
+use crate::kernels::{Vector, Weights, linear_scratch_bytes};
+
+use attention::AttentionBlock;
+use head::Head;
+use patch_embed::PatchEmbed;
+use repcpe::RepCpe;
+use repmixer::RepMixerBlock;
+use stem::Stem;
+
+/// Values (f32) per tile of the pixel-wise layers (1x1 convs, ConvFFN, the attention
+/// projection), 1 MiB: bounds the ConvFFN hidden buffer (`tile x 4C`) and the linear
+/// scratch whatever the stage width, and keeps a tile in L2 while every weight row
+/// passes over it.
+pub const TILE_FLOATS: usize = 1 << 18;
+
+/// Pixels per tile for a layer that holds `per_pixel` values per pixel (at least one).
+pub fn tile_pixels(per_pixel: usize) -> usize {
+    (TILE_FLOATS / per_pixel.max(1)).max(1)
+}
+
+/// Size of an NHWC activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Shape {
+    /// Rows.
+    pub height: usize,
+    /// Columns.
+    pub width: usize,
+    /// Channels (innermost).
+    pub channels: usize,
+}
+
+impl Shape {
+    /// Pixels (tokens).
+    pub fn pixels(&self) -> usize {
+        self.height * self.width
+    }
+
+    /// Values.
+    pub fn len(&self) -> usize {
+        self.pixels() * self.channels
+    }
+
+    /// Whether it holds no value.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Where [`VisionEncoder::encode_observed`] reports an intermediate activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Tap {
+    /// After the stem (stride 4).
+    Stem,
+    /// After stage `i` (downsampler, positional encoding and blocks).
+    Stage(usize),
+    /// The encoder output (`conv_exp` after SE and GELU).
+    Head,
+}
+
+/// Bytes of scratch a layer takes from the work region, added up the way the arena
+/// counts them (every buffer padded to the arena alignment).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Work(pub(crate) usize);
+
+impl Work {
+    pub(crate) fn f32s(self, n: usize) -> Self {
+        self.bytes(n.saturating_mul(4))
+    }
+    pub(crate) fn bytes(self, n: usize) -> Self {
+        Work(self.0.saturating_add(padded(n)))
+    }
+}
+
+/// Look a tensor up by its canonical name.
+pub(crate) fn find<'a>(
+    image: &Image<'a>,
+    name: fmt::Arguments<'_>,
+) -> Result<TensorView<'a>, Error> {
+    let mut buf = heapless::String::<128>::new();
+    buf.write_fmt(name).map_err(|_| Error::Config {
+        what: "tensor name longer than 128 bytes",
+    })?;
+    image.find(&buf).map_err(|error| Error::Tensor {
+        tensor: tensor_name(&buf),
+        error,
+    })
+}
+
+fn expect_dims(v: &TensorView<'_>, dims: &[usize]) -> Result<(), Error> {
+    let same =
+        v.dims().len() == dims.len() && v.dims().iter().zip(dims).all(|(&a, &b)| a as usize == b);
+    if same {
+        return Ok(());
+    }
+    let mut want = [0u32; 4];
+    for (w, &d) in want.iter_mut().zip(dims) {
+        *w = u32::try_from(d).unwrap_or(u32::MAX);
+    }
+    Err(Error::Shape {
+        tensor: tensor_name(v.name),
+        expected: Dims::new(want.get(..dims.len()).unwrap_or(&[])),
+        got: Dims::new(v.dims()),
+    })
+}
+
+/// A kept (f32/f16/bf16) tensor of exactly `dims`.
+pub(crate) fn kept<'a>(
+    image: &Image<'a>,
+    name: fmt::Arguments<'_>,
+    dims: &[usize],
+) -> Result<Params<'a>, Error> {
+    let v = find(image, name)?;
+    expect_dims(&v, dims)?;
+    Params::from_view(&v)
+}
+
+/// A 1-D kept tensor as a [`Vector`] (linear biases).
+pub(crate) fn vector<'a>(
+    image: &Image<'a>,
+    name: fmt::Arguments<'_>,
+    len: usize,
+) -> Result<Vector<'a>, Error> {
+    let v = find(image, name)?;
+    expect_dims(&v, &[len])?;
+    Vector::from_view(&v)
+}
+
+/// A `[rows, cols]` matrix in any stored format.
+pub(crate) fn matrix<'a>(
+    image: &Image<'a>,
+    name: fmt::Arguments<'_>,
+    rows: usize,
+    cols: usize,
+) -> Result<Weights<'a>, Error> {
+    let v = find(image, name)?;
+    expect_dims(&v, &[rows, cols])?;
+    Weights::from_view(&v)
+}
+
+/// `vision.stages.{stage}.blocks.{block}`, the prefix of a block's tensors.
+pub(crate) fn block_prefix(stage: usize, block: usize) -> Result<heapless::String<64>, Error> {
+    let mut p = heapless::String::new();
+    write!(p, "vision.stages.{stage}.blocks.{block}").map_err(|_| Error::Config {
+        what: "block index too large",
+    })?;
+    Ok(p)
+}
+
+/// Square kernel size of a `[k, k, ...]` tensor (grouped conv kernels carry their size;
+/// the config only names the ones it has fields for).
+pub(crate) fn kernel_size(v: &TensorView<'_>) -> Result<usize, Error> {
+    match v.dims() {
+        [a, b, ..] if a == b && a % 2 == 1 => Ok(*a as usize),
+        _ => Err(Error::Shape {
+            tensor: tensor_name(v.name),
+            expected: Dims::new(&[3, 3]),
+            got: Dims::new(v.dims()),
+        }),
+    }
+}
+
+/// Pixels per call of [`linear_tiled`] for `w`.
+fn linear_tile(w: &Weights<'_>) -> usize {
+    tile_pixels(w.cols.max(w.rows))
+}
+
+/// Linear scratch [`linear_tiled`] needs for up to `pixels` pixels.
+pub(crate) fn tiled_scratch_bytes(w: &Weights<'_>, pixels: usize) -> usize {
+    linear_scratch_bytes(w, pixels.clamp(1, linear_tile(w)))
+}
+
+/// `y = x·Wᵀ + b` over every pixel, a tile of pixels at a time (so the scratch, which
+/// holds a tile's quantized activations for Q8_0, stays bounded).
+pub(crate) fn linear_tiled(
+    w: &Weights<'_>,
+    b: Option<&Vector<'_>>,
+    x: &[f32],
+    y: &mut [f32],
+    scratch: &mut [u8],
+) -> Result<(), Error> {
+    let (rows, cols) = (w.rows, w.cols);
+    if cols == 0 || rows == 0 || !x.len().is_multiple_of(cols) || y.len() / rows != x.len() / cols {
+        return Err(Error::Length {
+            what: "pixel-wise linear (input and output pixels)",
+            expected: x.len() / cols.max(1) * rows,
+            got: y.len(),
+        });
+    }
+    let tile = linear_tile(w);
+    for (xt, yt) in x.chunks(tile * cols).zip(y.chunks_mut(tile * rows)) {
+        linear_vec(w, b, xt, xt.len() / cols, yt, scratch)?;
+    }
+    Ok(())
+}
+
+/// `out = y + scale ⊙ f` per pixel (the layer-scaled residual of every block).
+pub(crate) fn scaled_residual(out: &mut [f32], y: &[f32], f: &[f32], scale: &[f32]) {
+    let c = scale.len().max(1);
+    for ((o, y), f) in out
+        .chunks_exact_mut(c)
+        .zip(y.chunks_exact(c))
+        .zip(f.chunks_exact(c))
+    {
+        for (((o, &y), &f), &s) in o.iter_mut().zip(y).zip(f).zip(scale) {
+            *o = y + s * f;
+        }
+    }
+}
+
+/// The prefix of `buf` an activation of `len` values uses.
+pub(crate) fn prefix(buf: &[f32], len: usize) -> Result<&[f32], Error> {
+    buf.get(..len).ok_or(Error::Length {
+        what: "activation buffer",
+        expected: len,
+        got: buf.len(),
+    })
+}
+
+/// The mutable prefix of `buf` an activation of `len` values uses.
+pub(crate) fn prefix_mut(buf: &mut [f32], len: usize) -> Result<&mut [f32], Error> {
+    let got = buf.len();
+    buf.get_mut(..len).ok_or(Error::Length {
+        what: "activation buffer",
+        expected: len,
+        got,
+    })
+}
+
+/// Channels of stage `i` (checked to exist by `VisionEncoder::new`).
+fn stage_dim(cfg: &VisionConfig, i: usize) -> usize {
+    cfg.stages.get(i).map_or(0, |s| s.dim as usize)
+}
+
+/// The FastViTHD encoder of a weights image.
+#[derive(Debug, Clone, Copy)]
+pub struct VisionEncoder<'a> {
+    image: &'a Image<'a>,
+    cfg: &'a VisionConfig,
+}
+
+/// What the arena must hold for one resolution: see [`VisionEncoder::plan`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct VisionPlan {
+    /// Input resolution.
+    pub resolution: usize,
+    /// f32 values of the two activation buffers. The first holds the stem output and the
+    /// stage-0 blocks (which run in place), so it is the larger one.
+    pub buffer_floats: [usize; 2],
+    /// Largest work region any layer takes, in bytes (padded).
+    pub work_bytes: usize,
+    /// Output tokens.
+    pub tokens: usize,
+    /// Output channels per token.
+    pub out_dim: usize,
+}
+
+impl VisionPlan {
+    /// Padded bytes the encoder allocates from an aligned arena position.
+    pub fn padded_bytes(&self) -> usize {
+        let [a, b] = self.buffer_floats.map(|n| padded(n.saturating_mul(4)));
+        a.saturating_add(b).saturating_add(self.work_bytes)
+    }
+
+    /// Arena bytes [`VisionEncoder::encode`] needs whatever the alignment of the arena's
+    /// start (what [`crate::arena::bound`] would say for these buffers).
+    pub fn arena_bytes(&self) -> usize {
+        self.padded_bytes().saturating_add(crate::arena::ALIGN - 1)
+    }
+}
+
+/// The two activation buffers while planning: which one holds the activation, and the
+/// most each is asked to hold.
+struct Slots {
+    floats: [usize; 2],
+    cur: usize,
+}
+
+impl Slots {
+    fn need_cur(&mut self, n: usize) {
+        if let Some(f) = self.floats.get_mut(self.cur) {
+            *f = (*f).max(n);
+        }
+    }
+    fn need_other(&mut self, n: usize) {
+        if let Some(f) = self.floats.get_mut(1 - self.cur) {
+            *f = (*f).max(n);
+        }
+    }
+    fn swap(&mut self) {
+        self.cur = 1 - self.cur;
+    }
+}
+
+impl<'a> VisionEncoder<'a> {
+    /// The encoder of `image`, after checking that its config describes a FastViTHD the
+    /// runtime can run and that every tensor it names exists with the implied shape and
+    /// a usable format.
+    pub fn new(image: &'a Image<'a>) -> Result<Self, Error> {
+        let cfg = image.config().vision.as_ref().ok_or(Error::Config {
+            what: "the image has no vision encoder",
+        })?;
+        let enc = VisionEncoder { image, cfg };
+        enc.check_config()?;
+        // Loading every layer checks every tensor.
+        Stem::load(image, cfg)?;
+        for (i, st) in cfg.stages.iter().enumerate() {
+            if i > 0 {
+                PatchEmbed::load(image, i, stage_dim(cfg, i - 1), st.dim as usize)?;
+            }
+            if st.pos_emb {
+                RepCpe::load(image, cfg, i, st.dim as usize)?;
+            }
+            for b in 0..st.depth as usize {
+                match st.mixer {
+                    TokenMixer::RepMixer => {
+                        RepMixerBlock::load(image, cfg, i, b, st)?;
+                    }
+                    TokenMixer::Attention => {
+                        AttentionBlock::load(image, cfg, i, b, st)?;
+                    }
+                }
+            }
+        }
+        Head::load(image, cfg)?;
+        Ok(enc)
+    }
+
+    fn check_config(&self) -> Result<(), Error> {
+        let cfg = self.cfg;
+        let bad = |what| Err(Error::Config { what });
+        if cfg.stages.is_empty() {
+            return bad("vision config has no stages");
+        }
+        if cfg.in_channels == 0 || cfg.out_dim == 0 {
+            return bad("vision config has zero input or output channels");
+        }
+        for (i, st) in cfg.stages.iter().enumerate() {
+            if st.dim == 0 || st.ffn_dim == 0 {
+                return bad("vision stage with zero channels");
+            }
+            if i > 0
+                && !st
+                    .dim
+                    .is_multiple_of(cfg.stages.get(i - 1).map_or(1, |p| p.dim))
+            {
+                return bad("stage width not a multiple of the previous one (grouped downsampler)");
+            }
+            if st.mixer == TokenMixer::Attention
+                && (cfg.head_dim == 0 || !st.dim.is_multiple_of(cfg.head_dim))
+            {
+                return bad("attention stage width not a multiple of head_dim");
+            }
+        }
+        let last = cfg.stages.last().map_or(1, |s| s.dim);
+        if !cfg.out_dim.is_multiple_of(last) {
+            return bad("conv_exp width not a multiple of the last stage's");
+        }
+        for k in [
+            cfg.mixer_kernel,
+            cfg.ffn_kernel,
+            cfg.down_kernel,
+            cfg.pos_kernel,
+        ] {
+            if k.is_multiple_of(2) {
+                return bad("even conv kernel size");
+            }
+        }
+        if !(cfg.norm_eps.is_finite() && cfg.norm_eps >= 0.0) {
+            return bad("norm epsilon is negative or not finite");
+        }
+        Ok(())
+    }
+
+    /// The config.
+    pub fn config(&self) -> &'a VisionConfig {
+        self.cfg
+    }
+
+    /// The native resolution the checkpoint was made for.
+    pub fn image_size(&self) -> usize {
+        self.cfg.image_size as usize
+    }
+
+    /// Total stride: resolutions must be multiples of it.
+    pub fn stride(&self) -> usize {
+        self.cfg.stride() as usize
+    }
+
+    /// Output channels per token.
+    pub fn out_dim(&self) -> usize {
+        self.cfg.out_dim as usize
+    }
+
+    /// Output tokens at `resolution` (`(resolution / stride)²`).
+    pub fn tokens(&self, resolution: usize) -> usize {
+        let g = resolution / self.stride().max(1);
+        g.saturating_mul(g)
+    }
+
+    fn check_resolution(&self, resolution: usize) -> Result<(), Error> {
+        let s = self.stride();
+        if resolution == 0 || !resolution.is_multiple_of(s) {
+            return Err(Error::Config {
+                what: "resolution is not a positive multiple of the encoder's stride",
+            });
+        }
+        // Every buffer the plan sizes is at most a few times the largest activation
+        // (a stage's input, its QKV or its ConvFFN hidden layer, or the stem's first
+        // output); bounding that in u64 keeps the plan's usize arithmetic exact on
+        // 32-bit targets too.
+        let cfg = self.cfg;
+        let too_big = Error::Config {
+            what: "resolution too large for this target's address space",
+        };
+        let mut largest = u64::from(cfg.stages.first().map_or(0, |st| st.dim))
+            .checked_mul(
+                (resolution as u64 / 2)
+                    .checked_pow(2)
+                    .ok_or(too_big.clone())?,
+            )
+            .ok_or(too_big.clone())?;
+        for (i, st) in cfg.stages.iter().enumerate() {
+            let grid = resolution as u64 >> (2 + i.min(60));
+            let widest = [
+                u64::from(st.dim) * 3,
+                u64::from(st.ffn_dim),
+                u64::from(cfg.out_dim),
+            ];
+            for w in widest {
+                let v = w.checked_mul(grid * grid).ok_or(too_big.clone())?;
+                largest = largest.max(v);
+            }
+        }
+        // 4 bytes per value, and room for the handful of such buffers the plan adds up.
+        match largest.checked_mul(64) {
+            Some(b) if b <= usize::MAX as u64 => Ok(()),
+            _ => Err(too_big),
+        }
+    }
+
+    /// The arena plan for `resolution`: buffer sizes, found by walking the layers in the
+    /// order [`VisionEncoder::encode`] runs them.
+    pub fn plan(&self, resolution: usize) -> Result<VisionPlan, Error> {
+        self.check_resolution(resolution)?;
+        let (img, cfg) = (self.image, self.cfg);
+        let mut slots = Slots {
+            floats: [0, 0],
+            cur: 0,
+        };
+        let stem = Stem::load(img, cfg)?;
+        let mut shape = stem.out_shape(resolution);
+        slots.need_cur(shape.len());
+        let mut work = stem.work(resolution).0;
+        for (i, st) in cfg.stages.iter().enumerate() {
+            if i > 0 {
+                let pe = PatchEmbed::load(img, i, stage_dim(cfg, i - 1), st.dim as usize)?;
+                work = work.max(pe.work(shape).0);
+                shape = pe.out_shape(shape);
+                slots.need_other(shape.len());
+                slots.swap();
+            }
+            if st.pos_emb {
+                work = work.max(RepCpe::load(img, cfg, i, st.dim as usize)?.work().0);
+                slots.need_other(shape.len());
+                slots.swap();
+            }
+            for b in 0..st.depth as usize {
+                let w = match st.mixer {
+                    TokenMixer::RepMixer => RepMixerBlock::load(img, cfg, i, b, st)?.work(shape),
+                    TokenMixer::Attention => {
+                        let block = AttentionBlock::load(img, cfg, i, b, st)?;
+                        slots.need_other(block.other_floats(shape));
+                        block.work(shape)
+                    }
+                };
+                work = work.max(w.0);
+            }
+        }
+        let head = Head::load(img, cfg)?;
+        work = work.max(head.work(shape).0);
+        let out = head.out_shape(shape);
+        slots.need_other(out.len());
+        Ok(VisionPlan {
+            resolution,
+            buffer_floats: slots.floats,
+            work_bytes: work,
+            tokens: out.pixels(),
+            out_dim: out.channels,
+        })
+    }
+
+    /// Arena bytes [`VisionEncoder::encode`] needs at `resolution`, for an arena of any
+    /// start alignment (the output buffer is the caller's and not included).
+    pub fn arena_bytes(&self, resolution: usize) -> Result<usize, Error> {
+        Ok(self.plan(resolution)?.arena_bytes())
+    }
+
+    /// Encode `pixels` (planar `in_channels x R x R`, already preprocessed) into `out`
+    /// (`tokens x out_dim`, tokens row-major over the output grid).
+    pub fn encode(
+        &self,
+        pixels: &[f32],
+        resolution: usize,
+        arena: &mut Arena<'_>,
+        out: &mut [f32],
+    ) -> Result<(), Error> {
+        self.encode_observed(pixels, resolution, arena, out, &mut |_, _, _| {})
+    }
+
+    /// [`VisionEncoder::encode`], calling `observe(tap, activation, shape)` with the NHWC
+    /// activation after the stem, after every stage and at the end (for per-stage checks
+    /// and debugging).
+    pub fn encode_observed(
+        &self,
+        pixels: &[f32],
+        resolution: usize,
+        arena: &mut Arena<'_>,
+        out: &mut [f32],
+        observe: &mut dyn FnMut(Tap, &[f32], Shape),
+    ) -> Result<(), Error> {
+        let plan = self.plan(resolution)?;
+        let (img, cfg) = (self.image, self.cfg);
+        let in_len = cfg.in_channels as usize * resolution * resolution;
+        if pixels.len() != in_len {
+            return Err(Error::Length {
+                what: "input pixels (channels x resolution x resolution)",
+                expected: in_len,
+                got: pixels.len(),
+            });
+        }
+        let out_len = plan.tokens * plan.out_dim;
+        if out.len() != out_len {
+            return Err(Error::Length {
+                what: "vision output (tokens x out_dim)",
+                expected: out_len,
+                got: out.len(),
+            });
+        }
+        arena.check(plan.padded_bytes())?;
+        let [a, b] = plan.buffer_floats;
+        let mut cur = arena.f32s(a)?;
+        let mut other = arena.f32s(b)?;
+
+        let stem = Stem::load(img, cfg)?;
+        let mut shape = stem.forward(pixels, resolution, cur, arena)?;
+        observe(Tap::Stem, prefix(cur, shape.len())?, shape);
+
+        for (i, st) in cfg.stages.iter().enumerate() {
+            if i > 0 {
+                let pe = PatchEmbed::load(img, i, stage_dim(cfg, i - 1), st.dim as usize)?;
+                shape = pe.forward(cur, other, shape, arena)?;
+                core::mem::swap(&mut cur, &mut other);
+            }
+            if st.pos_emb {
+                RepCpe::load(img, cfg, i, st.dim as usize)?.forward(cur, other, shape, arena)?;
+                core::mem::swap(&mut cur, &mut other);
+            }
+            for b in 0..st.depth as usize {
+                match st.mixer {
+                    TokenMixer::RepMixer => {
+                        RepMixerBlock::load(img, cfg, i, b, st)?.forward(cur, shape, arena)?;
+                    }
+                    TokenMixer::Attention => {
+                        AttentionBlock::load(img, cfg, i, b, st)?
+                            .forward(cur, other, shape, arena)?;
+                    }
+                }
+            }
+            observe(Tap::Stage(i), prefix(cur, shape.len())?, shape);
+        }
+
+        let head = Head::load(img, cfg)?;
+        let shape = head.forward(cur, other, shape, arena)?;
+        let features = prefix(other, shape.len())?;
+        observe(Tap::Head, features, shape);
+        out.copy_from_slice(features);
+        Ok(())
+    }
+}

@@ -1,0 +1,87 @@
+//! RepCPE, the conditional positional encoding before the attention stages (spec §1.2):
+//! a depthwise conv with bias whose identity branch was folded into the kernel, so there
+//! is no residual add.
+
+use glimpse_quant::layout::VisionConfig;
+
+use super::{Shape, Work, find, kept, kernel_size, prefix, prefix_mut};
+use crate::arena::Arena;
+use crate::error::Error;
+use crate::image::Image;
+use crate::kernels::conv::{Grouped, Params, grouped_conv};
+
+/// One RepCPE.
+#[derive(Debug, Clone, Copy)]
+pub struct RepCpe<'a> {
+    dim: usize,
+    kernel: usize,
+    w: Params<'a>,
+    b: Params<'a>,
+}
+
+impl<'a> RepCpe<'a> {
+    /// Find and check `vision.stages.{stage}.pos.*`.
+    pub fn load(
+        image: &Image<'a>,
+        cfg: &VisionConfig,
+        stage: usize,
+        dim: usize,
+    ) -> Result<Self, Error> {
+        let v = find(image, format_args!("vision.stages.{stage}.pos.weight"))?;
+        let kernel = kernel_size(&v)?;
+        if kernel != cfg.pos_kernel as usize {
+            return Err(Error::Config {
+                what: "RepCPE kernel differs from the config's pos_kernel",
+            });
+        }
+        let w = kept(
+            image,
+            format_args!("vision.stages.{stage}.pos.weight"),
+            &[kernel, kernel, dim],
+        )?;
+        let b = kept(
+            image,
+            format_args!("vision.stages.{stage}.pos.bias"),
+            &[dim],
+        )?;
+        Ok(RepCpe { dim, kernel, w, b })
+    }
+
+    fn geometry(&self, shape: Shape) -> Grouped {
+        Grouped {
+            height: shape.height,
+            width: shape.width,
+            channels: self.dim,
+            mult: 1,
+            kernel: self.kernel,
+            stride: 1,
+        }
+    }
+
+    /// Scratch taken from the work region (the conv scratch of the widest chunk).
+    pub(crate) fn work(&self) -> Work {
+        let g = self.geometry(Shape {
+            height: 1,
+            width: 1,
+            channels: self.dim,
+        });
+        Work::default().f32s(g.scratch_floats())
+    }
+
+    /// `out = dwconv(x) + b`.
+    pub fn forward(
+        &self,
+        x: &[f32],
+        out: &mut [f32],
+        shape: Shape,
+        arena: &mut Arena<'_>,
+    ) -> Result<(), Error> {
+        let g = self.geometry(shape);
+        let x = prefix(x, shape.len())?;
+        let out = prefix_mut(out, shape.len())?;
+        arena.scope(|a| {
+            let scratch = a.f32s(g.scratch_floats())?;
+            grouped_conv(&g, x, 0, self.w, self.b, 0..shape.height, out, scratch)
+        })
+    }
+}
