@@ -33,40 +33,53 @@ pub fn cache_dir() -> PathBuf {
     home.join(".cache").join("glimpse")
 }
 
+/// One 64-byte, 64-aligned chunk of an [`AlignedBytes`] buffer.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
 /// A heap buffer whose start is 64-byte aligned, as a memory-mapped image is.
 #[derive(Debug)]
 pub struct AlignedBytes {
-    words: Vec<[u64; 8]>,
+    lines: Vec<Line>,
     len: usize,
 }
 
 impl AlignedBytes {
     /// Copy `bytes` into a fresh aligned buffer.
     pub fn new(bytes: &[u8]) -> Self {
-        let mut words = vec![[0u64; 8]; bytes.len().div_ceil(64)];
+        let lines = vec![Line([0; 64]); bytes.len().div_ceil(64)];
         let mut out = Self {
-            words: Vec::new(),
+            lines,
             len: bytes.len(),
         };
-        // SAFETY: [u64; 8] is 64 plain bytes with no padding; the slice covers exactly the
-        // allocation, and `bytes.len()` <= 64 * words.len().
-        let dst = unsafe {
-            std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), words.len() * 64)
-        };
-        dst[..bytes.len()].copy_from_slice(bytes);
-        out.words = words;
+        out.as_mut_slice().copy_from_slice(bytes);
         out
     }
 
     /// The bytes.
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: as in `new`; `len` never exceeds the allocation.
-        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+        // SAFETY: `Line` is 64 plain bytes with no padding, the allocation holds
+        // `lines.len() * 64` of them, and `len` never exceeds that.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<u8>(), self.len) }
     }
 
     /// The bytes, mutably.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as in `new`.
-        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), self.len) }
+        // SAFETY: as in `as_slice`; the exclusive borrow of `self` makes the slice unique.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<u8>(), self.len) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_bytes_are_64_aligned_and_exact() {
+        let data: Vec<u8> = (0..200u8).collect();
+        let a = AlignedBytes::new(&data);
+        assert_eq!(a.as_slice().as_ptr() as usize % 64, 0);
+        assert_eq!(a.as_slice(), &data[..]);
     }
 }
