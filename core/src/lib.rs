@@ -11,11 +11,14 @@
 extern crate std;
 
 pub mod arena;
+pub mod chat;
 pub mod decoder;
 pub mod error;
 pub mod image;
 pub mod kernels;
 pub mod projector;
+pub mod sampler;
+pub mod tokenizer;
 pub mod vision;
 
 pub use error::Error;

@@ -10,6 +10,8 @@ pub mod encode;
 pub mod inspect;
 pub mod logits;
 pub mod npy;
+pub mod run;
+pub mod tokenize;
 
 /// Format of quantized matrices in a converted image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -114,4 +116,67 @@ pub struct EncodeArgs {
     /// Output .npy (float32, tokens x channels, tokens row-major over the grid).
     #[arg(short, long)]
     pub output: PathBuf,
+}
+
+/// Arguments of `glimpse run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The .glim image (with a decoder).
+    pub image: PathBuf,
+    /// The user's message (chat-templated unless --raw).
+    #[arg(long, required_unless_present = "tokens", conflicts_with = "tokens")]
+    pub prompt: Option<String>,
+    /// Prompt token ids, comma-separated, used as given (for images without a tokenizer).
+    #[arg(long, value_delimiter = ',')]
+    pub tokens: Option<Vec<u32>>,
+    /// System prompt (default: the chat template's).
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temp: f32,
+    /// Sample among the k most likely tokens only; 0 is no limit.
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Sample within the smallest set of tokens whose probability reaches p.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Repetition penalty (llama.cpp semantics); 1 is none.
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// How many recent tokens the repetition penalty looks at.
+    #[arg(long, default_value_t = 64)]
+    pub repeat_last_n: usize,
+    /// RNG seed for sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Use the prompt as-is, without the chat template.
+    #[arg(long)]
+    pub raw: bool,
+    /// After the text, print one JSON object (prompt_ids, tokens, text, stats) as the
+    /// last line of stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `glimpse tokenize`.
+#[derive(Debug, clap::Args)]
+pub struct TokenizeArgs {
+    /// The .glim image (with a tokenizer).
+    pub image: PathBuf,
+    /// Text to encode.
+    #[arg(long)]
+    pub text: String,
+    /// Print {"ids": [...]} instead of comma-separated ids.
+    #[arg(long)]
+    pub json: bool,
+    /// Treat control-token spellings such as <|im_start|> as plain text.
+    #[arg(long)]
+    pub no_special: bool,
+    /// Prepend the BOS id when the tokenizer asks for one.
+    #[arg(long)]
+    pub bos: bool,
 }

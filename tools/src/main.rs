@@ -26,6 +26,10 @@ enum Command {
     Encode(glimpse_tools::EncodeArgs),
     /// Teacher-forced decoder logits of a token sequence, written as .npy.
     Logits(glimpse_tools::logits::LogitsArgs),
+    /// Generate text from a prompt (chat-templated), streaming it, then print TTFT and tok/s.
+    Run(glimpse_tools::RunArgs),
+    /// Encode text with an image's tokenizer and print the ids.
+    Tokenize(glimpse_tools::TokenizeArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +39,8 @@ fn main() -> ExitCode {
         Command::Inspect(a) => inspect::run(&a),
         Command::Encode(a) => glimpse_tools::encode::run(&a),
         Command::Logits(a) => glimpse_tools::logits::run(&a),
+        Command::Run(a) => glimpse_tools::run::run(&a),
+        Command::Tokenize(a) => glimpse_tools::tokenize::run(&a),
     };
     match result {
         Ok(code) => code,

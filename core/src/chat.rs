@@ -1,0 +1,175 @@
+//! Chat templating: renders a single-turn prompt in the `<|im_start|>` format (Qwen2 and
+//! FastVLM's `qwen_2` template, SmolLM2's template) into a caller buffer.
+//!
+//! ```text
+//! <|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n
+//! ```
+//!
+//! Both templates always emit a system turn, with their default system prompt when the
+//! caller gives none (the image's `ChatTemplate::ImStart::default_system`). FastVLM puts
+//! `<image>\n` at the start of the user turn (spec/fastvlm.md section 5.1). Render the
+//! result with [`crate::tokenizer::Specials::Parse`] so the markers become control tokens.
+
+use glimpse_quant::layout::ChatTemplate;
+
+use crate::error::Error;
+
+/// The image placeholder FastVLM's template puts before the question.
+pub const IMAGE_PLACEHOLDER: &str = "<image>";
+
+/// What a single-turn chat holds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Turn<'t> {
+    /// System prompt; `None` uses the template's default.
+    pub system: Option<&'t str>,
+    /// The user's message.
+    pub user: &'t str,
+    /// Whether an image precedes the message (VLM prompts).
+    pub image: bool,
+}
+
+struct Writer<'o> {
+    out: &'o mut [u8],
+    len: usize,
+    needed: usize,
+}
+
+impl Writer<'_> {
+    fn put(&mut self, s: &str) {
+        let end = self.len + s.len();
+        if let Some(dst) = self.out.get_mut(self.len..end) {
+            dst.copy_from_slice(s.as_bytes());
+            self.len = end;
+        }
+        self.needed += s.len();
+    }
+}
+
+/// Render `turn` with `template` into `out`, ending with the assistant header so the model
+/// answers next. [`ChatTemplate::None`] passes the message through (with the image
+/// placeholder when asked). A result longer than `out` is [`Error::Length`] with the
+/// length needed.
+pub fn render<'o>(
+    template: &ChatTemplate,
+    turn: &Turn<'_>,
+    out: &'o mut [u8],
+) -> Result<&'o str, Error> {
+    let cap = out.len();
+    let mut w = Writer {
+        out,
+        len: 0,
+        needed: 0,
+    };
+    match template {
+        ChatTemplate::None => {
+            if turn.image {
+                w.put(IMAGE_PLACEHOLDER);
+                w.put("\n");
+            }
+            w.put(turn.user);
+        }
+        ChatTemplate::ImStart { default_system } => {
+            let system = turn.system.unwrap_or(default_system.as_str());
+            // A template with no default system prompt and a caller with none: the
+            // system turn is left out rather than rendered empty.
+            if !system.is_empty() {
+                w.put("<|im_start|>system\n");
+                w.put(system);
+                w.put("<|im_end|>\n");
+            }
+            w.put("<|im_start|>user\n");
+            if turn.image {
+                w.put(IMAGE_PLACEHOLDER);
+                w.put("\n");
+            }
+            w.put(turn.user);
+            w.put("<|im_end|>\n<|im_start|>assistant\n");
+        }
+    }
+    if w.needed > cap {
+        return Err(Error::Length {
+            what: "chat prompt buffer",
+            expected: w.needed,
+            got: cap,
+        });
+    }
+    let len = w.len;
+    let bytes = w.out.get(..len).unwrap_or(&[]);
+    // Only whole `&str`s were copied in, so this cannot fail.
+    core::str::from_utf8(bytes).map_err(|_| Error::Length {
+        what: "chat prompt buffer",
+        expected: w.needed,
+        got: cap,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn im_start(system: &str) -> ChatTemplate {
+        ChatTemplate::ImStart {
+            default_system: heapless::String::try_from(system).unwrap(),
+        }
+    }
+
+    #[test]
+    fn fastvlm_qwen2_prompt() {
+        // spec/fastvlm.md section 5.1, verbatim.
+        let expected = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\nDescribe the image.<|im_end|>\n<|im_start|>assistant\n";
+        let mut buf = [0u8; 256];
+        let turn = Turn {
+            system: None,
+            user: "Describe the image.",
+            image: true,
+        };
+        let s = render(&im_start("You are a helpful assistant."), &turn, &mut buf).unwrap();
+        assert_eq!(s, expected);
+    }
+
+    #[test]
+    fn smollm2_prompt_and_explicit_system() {
+        // SmolLM2-135M-Instruct's chat_template with add_generation_prompt, one user turn.
+        let expected = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+        let tpl = im_start("You are a helpful AI assistant named SmolLM, trained by Hugging Face");
+        let mut buf = [0u8; 256];
+        let turn = Turn {
+            user: "What is the capital of France?",
+            ..Turn::default()
+        };
+        assert_eq!(render(&tpl, &turn, &mut buf).unwrap(), expected);
+        let turn = Turn {
+            system: Some("Be brief."),
+            user: "Hi",
+            image: false,
+        };
+        assert_eq!(
+            render(&tpl, &turn, &mut buf).unwrap(),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn raw_and_overflow() {
+        let mut buf = [0u8; 64];
+        let turn = Turn {
+            user: "hello",
+            ..Turn::default()
+        };
+        assert_eq!(
+            render(&ChatTemplate::None, &turn, &mut buf).unwrap(),
+            "hello"
+        );
+        let mut small = [0u8; 10];
+        let err = render(&im_start("sys"), &turn, &mut small).unwrap_err();
+        let need = "<|im_start|>system\nsys<|im_end|>\n<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n".len();
+        assert_eq!(
+            err,
+            Error::Length {
+                what: "chat prompt buffer",
+                expected: need,
+                got: 10
+            }
+        );
+    }
+}
