@@ -7,6 +7,7 @@ use glimpse_quant::DType;
 use glimpse_quant::error::QuantError;
 
 use crate::image::ImageError;
+use crate::preprocess::FrameError;
 
 /// Longest tensor name an [`Error`] keeps; longer names are cut (canonical names are far
 /// shorter, see `tools/src/convert/model.rs`).
@@ -146,11 +147,20 @@ pub enum Error {
     },
     /// A call that needs at least one input row got none.
     EmptyInput,
+    /// A camera frame handed to preprocessing is empty, larger than the configured bound,
+    /// or its buffer does not match its size and pixel format.
+    Frame(FrameError),
 }
 
 impl From<ImageError> for Error {
     fn from(e: ImageError) -> Self {
         Error::Image(e)
+    }
+}
+
+impl From<FrameError> for Error {
+    fn from(e: FrameError) -> Self {
+        Error::Frame(e)
     }
 }
 
@@ -197,6 +207,7 @@ impl fmt::Display for Error {
                 write!(f, "token id {id} is outside the vocabulary (size {vocab})")
             }
             Error::EmptyInput => f.write_str("empty input"),
+            Error::Frame(e) => write!(f, "camera frame: {e}"),
         }
     }
 }

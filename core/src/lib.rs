@@ -16,6 +16,7 @@ pub mod decoder;
 pub mod error;
 pub mod image;
 pub mod kernels;
+pub mod preprocess;
 pub mod projector;
 pub mod sampler;
 pub mod tokenizer;

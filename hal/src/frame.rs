@@ -5,7 +5,6 @@ use crate::ErrorType;
 /// How the pixels of a captured frame are laid out, row-major with no row padding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[non_exhaustive]
 pub enum PixelFormat {
     /// 3 bytes per pixel: R, G, B.
     Rgb888,
