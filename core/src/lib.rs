@@ -19,6 +19,8 @@ pub mod kernels;
 pub mod preprocess;
 pub mod projector;
 pub mod sampler;
+#[cfg(test)]
+mod test_util;
 pub mod tokenizer;
 pub mod vision;
 

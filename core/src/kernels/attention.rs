@@ -200,20 +200,9 @@ pub fn self_attention(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::values;
     use std::vec;
     use std::vec::Vec;
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
 
     #[test]
     fn exp_is_accurate_on_the_softmax_range() {

@@ -482,21 +482,9 @@ pub fn dense_conv_planar(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::values;
     use std::vec;
     use std::vec::Vec;
-
-    /// Deterministic values in [-1, 1) (xorshift), so tests need no rand crate.
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
 
     /// Straight from the definition, in f64: out[o] = b[o] + sum x[o/m] w[o] over taps.
     fn grouped_reference(g: &Grouped, x: &[f32], w: &[f32], b: &[f32]) -> Vec<f32> {
