@@ -8,6 +8,7 @@ use glimpse_quant::error::QuantError;
 
 use crate::image::ImageError;
 use crate::preprocess::FrameError;
+use crate::tokenizer::TokenizerError;
 
 /// Longest tensor name an [`Error`] keeps; longer names are cut (canonical names are far
 /// shorter, see `tools/src/convert/model.rs`).
@@ -150,6 +151,10 @@ pub enum Error {
     /// A camera frame handed to preprocessing is empty, larger than the configured bound,
     /// or its buffer does not match its size and pixel format.
     Frame(FrameError),
+    /// The tokenizer refused the prompt (or the image has none).
+    Tokenizer(TokenizerError),
+    /// The token sink (UART, stdout, ...) failed; generation stopped there.
+    Sink(glimpse_hal::ErrorKind),
 }
 
 impl From<ImageError> for Error {
@@ -208,6 +213,8 @@ impl fmt::Display for Error {
             }
             Error::EmptyInput => f.write_str("empty input"),
             Error::Frame(e) => write!(f, "camera frame: {e}"),
+            Error::Tokenizer(e) => write!(f, "tokenizer: {e}"),
+            Error::Sink(kind) => write!(f, "token sink: {kind}"),
         }
     }
 }

@@ -16,9 +16,11 @@ pub mod decoder;
 pub mod error;
 pub mod image;
 pub mod kernels;
+pub mod planner;
 pub mod preprocess;
 pub mod projector;
 pub mod sampler;
+pub mod session;
 #[cfg(test)]
 mod test_util;
 pub mod tokenizer;

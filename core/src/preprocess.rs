@@ -180,23 +180,28 @@ pub fn scratch_bytes(width: usize, height: usize, resolution: usize) -> usize {
         .unwrap_or(usize::MAX)
 }
 
-/// Pads `frame` to a black square, resizes it to `resolution x resolution` like PIL's
-/// bicubic, and writes it to `out` as planar `3 x resolution x resolution` (channel, row,
-/// column: the encoder's pixel input) in [0, 1].
+/// Scratch bytes [`preprocess`] may need for any frame whose longer side is at most
+/// `max_side`, at `resolution`: what a plan must reserve before it knows the frame.
 ///
-/// `max_side` bounds the frame's longer side (and so the scratch a caller must provide).
-/// `scratch` must hold at least [`scratch_bytes`]`(width, height, resolution)` bytes; its
-/// contents on entry do not matter.
-///
-/// Every argument is checked before anything is written: on error `out` and `scratch` are
-/// unchanged.
-pub fn preprocess(
-    frame: &Frame<'_>,
-    resolution: usize,
-    max_side: usize,
-    out: &mut [f32],
-    scratch: &mut [u8],
-) -> Result<(), Error> {
+/// The scratch grows with the frame's side, except that a frame whose padded square
+/// already has the output's side needs none; so the largest need is at `max_side`, or at
+/// `max_side - 1` when `max_side` is the resolution itself.
+pub fn max_scratch_bytes(max_side: usize, resolution: usize) -> usize {
+    let side = max_side.min(SIDE_LIMIT);
+    let at = |s: usize| {
+        if s == 0 {
+            0
+        } else {
+            scratch_bytes(s, s, resolution)
+        }
+    };
+    at(side).max(at(side.saturating_sub(1)))
+}
+
+/// Check a frame without touching it: non-empty, longer side within `max_side` (and
+/// [`SIDE_LIMIT`]), buffer length matching its size and format. [`preprocess`] runs this
+/// first; a caller can run it before any other work.
+pub fn check_frame(frame: &Frame<'_>, max_side: usize) -> Result<(), Error> {
     let (w, h) = (frame.width, frame.height);
     if w == 0 || h == 0 {
         return Err(FrameError::Empty {
@@ -206,8 +211,7 @@ pub fn preprocess(
         .into());
     }
     let bound = max_side.min(SIDE_LIMIT);
-    let side = w.max(h);
-    if side > bound {
+    if w.max(h) > bound {
         return Err(FrameError::TooLarge {
             width: w,
             height: h,
@@ -227,6 +231,28 @@ pub fn preprocess(
         }
         .into());
     }
+    Ok(())
+}
+
+/// Pads `frame` to a black square, resizes it to `resolution x resolution` like PIL's
+/// bicubic, and writes it to `out` as planar `3 x resolution x resolution` (channel, row,
+/// column: the encoder's pixel input) in [0, 1].
+///
+/// `max_side` bounds the frame's longer side (and so the scratch a caller must provide).
+/// `scratch` must hold at least [`scratch_bytes`]`(width, height, resolution)` bytes; its
+/// contents on entry do not matter.
+///
+/// Every argument is checked before anything is written: on error `out` and `scratch` are
+/// unchanged.
+pub fn preprocess(
+    frame: &Frame<'_>,
+    resolution: usize,
+    max_side: usize,
+    out: &mut [f32],
+    scratch: &mut [u8],
+) -> Result<(), Error> {
+    check_frame(frame, max_side)?;
+    let side = frame.width.max(frame.height);
     if resolution == 0 || resolution > SIDE_LIMIT {
         return Err(Error::Config {
             what: "preprocess resolution must be between 1 and 65536",
@@ -564,5 +590,45 @@ mod tests {
         assert_eq!(cubic(-2.0), 0.0);
         assert!(cubic(1.5) < 0.0);
         assert_eq!(cubic(0.5), cubic(-0.5));
+    }
+
+    #[test]
+    fn max_scratch_bounds_every_smaller_frame() {
+        for r in [1usize, 7, 64, 96] {
+            for max in [1usize, 2, r - r.min(1), r, r + 1, 3 * r + 5, 200] {
+                let bound = max_scratch_bytes(max, r);
+                let worst = (1..=max).map(|s| scratch_bytes(s, s, r)).max().unwrap_or(0);
+                assert_eq!(bound, worst, "resolution {r}, max side {max}");
+                // Non-square frames need what their longer side's square needs.
+                assert!(scratch_bytes(max, 1, r) <= bound);
+            }
+        }
+    }
+
+    #[test]
+    fn check_frame_refuses_before_reading() {
+        let data = [0u8; 12];
+        let f = |w, h, n| Frame {
+            width: w,
+            height: h,
+            format: PixelFormat::Rgb888,
+            data: &data[..n],
+        };
+        assert!(check_frame(&f(2, 2, 12), 2).is_ok());
+        assert!(matches!(
+            check_frame(&f(0, 2, 0), 8),
+            Err(Error::Frame(FrameError::Empty { .. }))
+        ));
+        assert!(matches!(
+            check_frame(&f(4, 1, 12), 3),
+            Err(Error::Frame(FrameError::TooLarge { max_side: 3, .. }))
+        ));
+        assert!(matches!(
+            check_frame(&f(2, 2, 11), 8),
+            Err(Error::Frame(FrameError::DataLength {
+                expected: 12,
+                got: 11
+            }))
+        ));
     }
 }

@@ -51,7 +51,9 @@ impl<'a> Projector<'a> {
         self.cfg.out_dim as usize
     }
 
-    fn padded_bytes(&self, tokens: usize) -> usize {
+    /// Bytes of work [`Projector::forward`] takes from an arena whose free space starts
+    /// on an [`ALIGN`] boundary (what a planned work region must hold).
+    pub fn padded_bytes(&self, tokens: usize) -> usize {
         let hidden = tokens.saturating_mul(self.cfg.hidden_dim as usize);
         let lin =
             tiled_scratch_bytes(&self.fc1, tokens).max(tiled_scratch_bytes(&self.fc2, tokens));

@@ -9,51 +9,30 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use glimpse_core::Image;
 use glimpse_core::arena::Arena;
+use glimpse_core::preprocess;
 use glimpse_core::projector::Projector;
 use glimpse_core::vision::VisionEncoder;
 use glimpse_host::MappedImage;
 
 use crate::{EncodeArgs, EncodeStage, npy};
 
-/// Decode a PNG/JPEG into planar `3 x R x R` f32 in [0, 1]: converted to RGB, padded to a
-/// square with black (centred, as FastVLM's `expand2square`), resized with a bicubic
-/// (Catmull-Rom) filter only if it is not `R x R` already, then divided by 255.
-///
-/// This is an approximation of the reference preprocessing: PIL's bicubic resampling is
-/// not reproduced bit for bit (that is a later issue), so for exact comparisons feed an
-/// `R x R` picture or preprocessed pixels.
+/// Decode a PNG/JPEG into planar `3 x R x R` f32 in [0, 1] the way FastVLM's reference
+/// does (spec section 6.1), through the core's preprocessing: converted to RGB, padded to
+/// a black square (centred, as `expand2square`), resized with PIL's bicubic when it is not
+/// `R x R` already (bit-exact with Pillow), then divided by 255.
 pub fn load_picture(path: &Path, resolution: u32) -> Result<Vec<f32>> {
-    let img = image::open(path)
-        .with_context(|| format!("decoding {}", path.display()))?
-        .to_rgb8();
-    let (w, h) = img.dimensions();
-    ensure!(w > 0 && h > 0, "{}: empty picture", path.display());
-    let side = w.max(h);
-    let square = if w == h {
-        img
-    } else {
-        let mut canvas = image::RgbImage::new(side, side);
-        image::imageops::replace(
-            &mut canvas,
-            &img,
-            i64::from((side - w) / 2),
-            i64::from((side - h) / 2),
-        );
-        canvas
-    };
-    let r = resolution;
-    let sized = if side == r {
-        square
-    } else {
-        image::imageops::resize(&square, r, r, image::imageops::FilterType::CatmullRom)
-    };
-    let plane = (r * r) as usize;
-    let mut out = vec![0f32; 3 * plane];
-    for (i, px) in sized.pixels().enumerate() {
-        for c in 0..3 {
-            out[c * plane + i] = f32::from(px[c]) / 255.0;
-        }
-    }
+    let pic = crate::run::load_picture(path)?;
+    ensure!(
+        pic.width > 0 && pic.height > 0,
+        "{}: empty picture",
+        path.display()
+    );
+    let r = resolution as usize;
+    let mut out = vec![0f32; 3 * r * r];
+    let mut scratch = vec![0u8; preprocess::scratch_bytes(pic.width, pic.height, r)];
+    let side = pic.width.max(pic.height);
+    preprocess::preprocess(&pic.frame(), r, side, &mut out, &mut scratch)
+        .with_context(|| format!("preprocessing {}", path.display()))?;
     Ok(out)
 }
 

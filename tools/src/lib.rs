@@ -5,12 +5,16 @@ use std::path::PathBuf;
 
 use clap::ValueEnum;
 
+pub mod bench;
 pub mod convert;
 pub mod encode;
+pub mod flash;
 pub mod inspect;
 pub mod logits;
 pub mod npy;
+pub mod plan;
 pub mod run;
+pub mod sim;
 pub mod tokenize;
 
 /// Format of quantized matrices in a converted image.
@@ -160,6 +164,9 @@ pub struct RunArgs {
     /// last line of stdout.
     #[arg(long)]
     pub json: bool,
+    /// Picture, resolution, context and KV cache format.
+    #[command(flatten)]
+    pub pipeline: run::PipelineArgs,
 }
 
 /// Arguments of `glimpse tokenize`.

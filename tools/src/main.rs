@@ -30,6 +30,14 @@ enum Command {
     Run(glimpse_tools::RunArgs),
     /// Encode text with an image's tokenizer and print the ids.
     Tokenize(glimpse_tools::TokenizeArgs),
+    /// Run an image on a simulated bare-metal board in QEMU (qemu-virt, mps3-an547).
+    Sim(glimpse_tools::sim::SimArgs),
+    /// The arena a run needs, per buffer and per phase; emit it for firmware builds.
+    Plan(glimpse_tools::plan::PlanArgs),
+    /// Throughput: pp/tg tokens per second, TTFT, encoder latency per resolution.
+    Bench(glimpse_tools::bench::BenchArgs),
+    /// Write a firmware ELF and a weights image to a chip's flash with probe-rs (`flash` feature).
+    Flash(glimpse_tools::flash::FlashArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +49,10 @@ fn main() -> ExitCode {
         Command::Logits(a) => glimpse_tools::logits::run(&a),
         Command::Run(a) => glimpse_tools::run::run(&a),
         Command::Tokenize(a) => glimpse_tools::tokenize::run(&a),
+        Command::Sim(a) => glimpse_tools::sim::run(&a),
+        Command::Plan(a) => glimpse_tools::plan::run(&a),
+        Command::Bench(a) => glimpse_tools::bench::run(&a),
+        Command::Flash(a) => glimpse_tools::flash::run(&a),
     };
     match result {
         Ok(code) => code,

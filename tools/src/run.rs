@@ -1,21 +1,111 @@
-//! `glimpse run`: chat-template a prompt, prefill it, sample tokens one at a time and
-//! stream the text, then report time to first token and prefill / decode throughput.
+//! `glimpse run`: ask a model about a picture (or just answer a prompt) through the core's
+//! Session API, streaming the text, then report time to first token split into its steps,
+//! throughput and the arena the run was planned for.
+//!
+//! The arena is one host buffer of exactly the planned size (plus alignment slack), so a
+//! host run exercises the same plan a board would get from `glimpse plan`.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use glimpse_core::Image;
-use glimpse_core::arena::Arena;
-use glimpse_core::chat::{self, Turn};
-use glimpse_core::decoder::{Decoder, DecoderState};
+use glimpse_core::arena::{ALIGN, Arena};
+use glimpse_core::decoder::{DEFAULT_CHUNK, Decoder, DecoderState};
+use glimpse_core::planner::{ArenaPlan, DEFAULT_MAX_FRAME_SIDE, PlanOptions};
+use glimpse_core::preprocess::{Frame, PixelFormat};
 use glimpse_core::sampler::{Sampler, SamplerConfig, StopTokens};
-use glimpse_core::tokenizer::{Specials, Tokenizer, TokenizerError, Utf8Stream};
+use glimpse_core::session::{IMAGE_SENTINEL, ImageInput, Report, Session, SessionOptions};
+use glimpse_core::tokenizer::{Specials, Tokenizer, TokenizerError};
+use glimpse_hal::{ErrorKind, ErrorType, MonotonicClock, TokenSink};
 use glimpse_quant::layout::ChatTemplate;
 
 use crate::RunArgs;
+use crate::plan::{KvArg, default_context};
 use crate::tokenize::encode;
+
+/// The pipeline options of `glimpse run` (flattened into its arguments).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PipelineArgs {
+    /// A PNG or JPEG picture to ask about (VLM images; without it they run text-only).
+    #[arg(long = "image", value_name = "FILE")]
+    pub picture: Option<PathBuf>,
+    /// Input resolution (a multiple of the encoder stride; default: the model's).
+    #[arg(long, value_name = "R")]
+    pub image_size: Option<usize>,
+    /// Context positions the arena is planned for (default: 2048, or the model's maximum).
+    #[arg(long, value_name = "N")]
+    pub context: Option<usize>,
+    /// KV cache format.
+    #[arg(long, value_enum, default_value = "f16")]
+    pub kv: KvArg,
+}
+
+/// A monotonic clock over [`Instant`], for the core's timings.
+#[derive(Clone, Copy, Debug)]
+pub struct HostClock(Instant);
+
+impl HostClock {
+    /// A clock whose origin is now.
+    pub fn new() -> Self {
+        HostClock(Instant::now())
+    }
+}
+
+impl Default for HostClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MonotonicClock for HostClock {
+    fn now_us(&mut self) -> u64 {
+        u64::try_from(self.0.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+}
+
+/// A decoded picture: RGB888 rows, no padding.
+#[derive(Clone, Debug)]
+pub struct Picture {
+    /// Pixels per row.
+    pub width: usize,
+    /// Rows.
+    pub height: usize,
+    /// `width * height * 3` bytes.
+    pub rgb: Vec<u8>,
+}
+
+impl Picture {
+    /// The picture as a camera frame for the core.
+    pub fn frame(&self) -> Frame<'_> {
+        Frame {
+            width: self.width,
+            height: self.height,
+            format: PixelFormat::Rgb888,
+            data: &self.rgb,
+        }
+    }
+}
+
+/// Decode a PNG or JPEG into RGB888 (alpha dropped, grey widened).
+pub fn load_picture(path: &Path) -> Result<Picture> {
+    let img = image::open(path)
+        .with_context(|| format!("decoding {}", path.display()))?
+        .to_rgb8();
+    let (w, h) = img.dimensions();
+    Ok(Picture {
+        width: w as usize,
+        height: h as usize,
+        rgb: img.into_raw(),
+    })
+}
+
+/// A host arena: a buffer with room for the plan from its first aligned byte.
+pub fn arena_for(plan: &ArenaPlan) -> Vec<u8> {
+    vec![0u8; plan.total() + ALIGN - 1]
+}
 
 /// What a generation run needs besides the prompt.
 #[derive(Clone, Debug)]
@@ -55,7 +145,8 @@ pub struct Generation {
 }
 
 /// Prefill `prompt` and generate up to `opts.max_tokens` tokens, calling `on_token` as
-/// each one is chosen. The arena is a `Vec<u8>` of exactly the size the decoder state
+/// each one is chosen: the decoder alone, without the Session API (which `glimpse run`
+/// uses), for tests that compare the decoder with a reference token by token. The arena is a `Vec<u8>` of exactly the size the decoder state
 /// asks for, for a context of prompt plus `max_tokens` (capped at the model's maximum).
 pub fn generate(
     image: &Image<'_>,
@@ -133,37 +224,102 @@ pub fn generate(
     })
 }
 
-/// The prompt ids for `a`: `--tokens` as given, or the (templated) prompt encoded.
-fn prompt_ids(
+/// Prompt ids for `--tokens`, `--raw`, or a template-less model without a picture (the
+/// chat-templated path tokenizes in the core).
+fn direct_ids(
     a: &RunArgs,
     tok: Option<&Tokenizer<'_>>,
-    template: &ChatTemplate,
-) -> Result<Vec<u32>> {
+    image: &Image<'_>,
+) -> Result<Option<Vec<u32>>> {
     if let Some(ids) = &a.tokens {
-        return Ok(ids.clone());
+        return Ok(Some(ids.clone()));
     }
-    let Some(tok) = tok else {
-        return Err(TokenizerError::NoTokenizer.into());
+    let no_template = image
+        .config()
+        .tokenizer
+        .as_ref()
+        .is_none_or(|t| matches!(t.chat, ChatTemplate::None));
+    let raw = a.raw || (no_template && a.pipeline.picture.is_none());
+    let (Some(tok), true) = (tok, raw) else {
+        return Ok(None);
     };
-    let prompt = a.prompt.as_deref().unwrap_or_default();
     let mut ids = Vec::new();
     if tok.add_bos() {
         ids.extend(tok.bos());
     }
-    if a.raw || matches!(template, ChatTemplate::None) {
-        // Raw prompts are the user's own text: control-token spellings stay text.
-        ids.extend(encode(tok, prompt, Specials::Plain)?);
-        return Ok(ids);
+    // Raw prompts are the user's own text: control-token spellings stay text.
+    ids.extend(encode(
+        tok,
+        a.prompt.as_deref().unwrap_or_default(),
+        Specials::Plain,
+    )?);
+    Ok(Some(ids))
+}
+
+/// Streams generated text to stdout and keeps it.
+struct StdoutSink {
+    out: std::io::Stdout,
+    text: String,
+    tokens: Vec<u32>,
+    ids_only: bool,
+}
+
+impl ErrorType for StdoutSink {
+    type Error = ErrorKind;
+}
+
+impl TokenSink for StdoutSink {
+    fn token(&mut self, id: u32, bytes: &[u8]) -> Result<(), ErrorKind> {
+        self.tokens.push(id);
+        let piece = if self.ids_only {
+            format!("{id} ")
+        } else {
+            // The core hands whole UTF-8 characters.
+            String::from_utf8_lossy(bytes).into_owned()
+        };
+        self.text.push_str(&piece);
+        let mut out = self.out.lock();
+        out.write_all(piece.as_bytes()).map_err(|_| ErrorKind::Io)?;
+        out.flush().map_err(|_| ErrorKind::Io)
     }
-    let turn = Turn {
-        system: a.system.as_deref(),
-        user: prompt,
-        image: false,
+}
+
+/// The session options of `a` for `image` and an optional picture.
+pub fn session_options(
+    a: &RunArgs,
+    image: &Image<'_>,
+    picture: Option<&Picture>,
+) -> SessionOptions {
+    let p = &a.pipeline;
+    let sampler = SamplerConfig {
+        temperature: a.temp,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        repeat_penalty: a.repeat_penalty,
+        repeat_last_n: a.repeat_last_n,
+        seed: a.seed,
     };
-    let mut buf = vec![0u8; prompt.len() + a.system.as_deref().map_or(0, str::len) + 512];
-    let text = chat::render(template, &turn, &mut buf)?;
-    ids.extend(encode(tok, text, Specials::Parse)?);
-    Ok(ids)
+    let prompt_bytes =
+        a.prompt.as_deref().map_or(0, str::len) + a.system.as_deref().map_or(0, str::len);
+    SessionOptions {
+        plan: PlanOptions {
+            resolution: p.image_size,
+            max_context: p.context.unwrap_or_else(|| default_context(image)),
+            kv: p.kv.into(),
+            chunk: DEFAULT_CHUNK,
+            max_frame_side: picture.map_or(DEFAULT_MAX_FRAME_SIDE, |pic| pic.width.max(pic.height)),
+            max_prompt_bytes: prompt_bytes.max(1),
+            sampling: !sampler.is_greedy(),
+            vision: picture.is_some(),
+        },
+        sampler,
+        max_new_tokens: a.max_tokens,
+        stop: None,
+    }
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1e3
 }
 
 /// Run `glimpse run`.
@@ -176,82 +332,154 @@ pub fn run(a: &RunArgs) -> Result<ExitCode> {
         Err(TokenizerError::NoTokenizer) => None,
         Err(e) => return Err(e.into()),
     };
-    let template = image
-        .config()
-        .tokenizer
-        .as_ref()
-        .map_or(ChatTemplate::None, |t| t.chat.clone());
-    let prompt = prompt_ids(a, tok.as_ref(), &template)?;
-
-    let sampler = SamplerConfig {
-        temperature: a.temp,
-        top_k: a.top_k,
-        top_p: a.top_p,
-        repeat_penalty: a.repeat_penalty,
-        repeat_last_n: a.repeat_last_n,
-        seed: a.seed,
-    };
-    let opts = GenerateOptions {
-        max_tokens: a.max_tokens,
-        sampler,
-        stops: StopTokens::for_model(image.config().decoder.as_ref(), tok.as_ref()),
-    };
-
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let mut text = String::new();
-    let mut utf8 = Utf8Stream::new();
-    let emit = |s: &str, out: &mut std::io::StdoutLock<'_>, text: &mut String| -> Result<()> {
-        text.push_str(s);
-        out.write_all(s.as_bytes())?;
-        out.flush()?;
-        Ok(())
-    };
-    let run = generate(&image, &prompt, &opts, |id| {
-        let Some(t) = &tok else {
-            // No vocabulary: stream the ids themselves.
-            return emit(&format!("{id} "), &mut out, &mut text);
-        };
-        // Control tokens (<|im_end|>, <|endoftext|>) end turns; they are not text.
-        if t.is_control(id) {
-            return Ok(());
+    let picture = match &a.pipeline.picture {
+        None => None,
+        Some(p) => {
+            ensure!(
+                image.config().vision.is_some(),
+                "{} has no vision encoder; run it without --image",
+                a.image.display()
+            );
+            Some(load_picture(p)?)
         }
-        let mut err = Ok(());
-        utf8.push(t.token_bytes(id)?, &mut |s: &str| {
-            if err.is_ok() {
-                err = emit(s, &mut out, &mut text);
+    };
+    let direct = direct_ids(a, tok.as_ref(), &image)?;
+    if direct.is_none() && tok.is_none() {
+        bail!(
+            "{} carries no tokenizer: pass the prompt as --tokens",
+            a.image.display()
+        );
+    }
+    if a.raw && picture.is_some() && a.tokens.is_none() {
+        bail!(
+            "--raw cannot place the picture; drop --raw, or pass --tokens with the image token id"
+        );
+    }
+
+    let opts = session_options(a, &image, picture.as_ref());
+    let plan = ArenaPlan::new(&image, &opts.plan)?;
+    let mut arena = arena_for(&plan);
+    let mut session = Session::new(&image, &mut arena, HostClock::new(), opts)?;
+    let mut sink = StdoutSink {
+        out: std::io::stdout(),
+        text: String::new(),
+        tokens: Vec::new(),
+        ids_only: tok.is_none(),
+    };
+    let frame = picture.as_ref().map(Picture::frame);
+    let report = match &direct {
+        Some(ids) => session.generate_ids(ids, frame.map(ImageInput::Frame), &mut sink)?,
+        None => session.ask_turn(
+            frame,
+            a.system.as_deref(),
+            a.prompt.as_deref().unwrap_or_default(),
+            &mut sink,
+        )?,
+    };
+    let prompt_ids: Vec<i64> = session
+        .history()
+        .iter()
+        .take(report.prompt_ids)
+        .map(|&id| {
+            if id == IMAGE_SENTINEL {
+                -200
+            } else {
+                i64::from(id)
             }
-        });
-        err
-    })?;
-    utf8.finish(&mut |s: &str| {
-        text.push_str(s);
-        let _ = out.write_all(s.as_bytes());
-    });
+        })
+        .collect();
+    let plan = session.plan().clone();
+    drop(session);
+
+    let mut out = std::io::stdout().lock();
     writeln!(out)?;
-    let s = run.stats;
-    eprintln!(
-        "prompt {} tokens, generated {}{}; TTFT {:.1} ms, prefill {:.1} tok/s, decode {:.1} tok/s",
-        s.prompt_tokens,
-        s.generated,
-        if run.stopped { " (stop token)" } else { "" },
-        s.ttft_ms,
-        s.prefill_tok_s,
-        s.decode_tok_s
-    );
+    eprint!("{}", describe(&report, &plan));
     if a.json {
+        let t = report.timings;
+        let rate = |n: usize, us: u64| {
+            if us > 0 {
+                n as f64 * 1e6 / us as f64
+            } else {
+                0.0
+            }
+        };
         let obj = serde_json::json!({
-            "prompt_ids": prompt,
-            "tokens": run.tokens,
-            "text": text,
+            "prompt_ids": prompt_ids,
+            "tokens": sink.tokens,
+            "text": sink.text,
             "stats": {
-                "ttft_ms": s.ttft_ms,
-                "prefill_tok_s": s.prefill_tok_s,
-                "decode_tok_s": s.decode_tok_s,
+                "ttft_ms": ms(t.ttft_us),
+                "prefill_tok_s": rate(report.prompt_positions, t.prefill_us),
+                "decode_tok_s": rate(report.decode_steps, t.decode_us),
+                "tokenize_ms": ms(t.tokenize_us),
+                "preprocess_ms": ms(t.preprocess_us),
+                "encoder_ms": ms(t.encoder_us),
+                "projector_ms": ms(t.projector_us),
+                "prefill_ms": ms(t.prefill_us),
+                "decode_ms": ms(t.decode_us),
+                "prompt_positions": report.prompt_positions,
+                "image_tokens": report.image_tokens,
+                "generated": report.generated,
+                "stopped": report.stopped,
             },
+            "arena_bytes": plan.total(),
+            "kv": plan.options.kv.name(),
+            "context": plan.options.max_context,
+            "resolution": plan.options.resolution,
         });
         writeln!(out, "{obj}")?;
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The stderr summary of a run: tokens, the TTFT split, throughput, the arena.
+pub fn describe(r: &Report, plan: &ArenaPlan) -> String {
+    let t = r.timings;
+    let rate = |n: usize, us: u64| {
+        if us > 0 {
+            n as f64 * 1e6 / us as f64
+        } else {
+            0.0
+        }
+    };
+    let image = if r.image_tokens > 0 {
+        format!(", {} image tokens", r.image_tokens)
+    } else {
+        String::new()
+    };
+    let mut s = format!(
+        "prompt {} ids ({} positions{image}), generated {}{}\n",
+        r.prompt_ids,
+        r.prompt_positions,
+        r.generated,
+        if r.stopped { " (stop token)" } else { "" }
+    );
+    s += &format!(
+        "TTFT {:.1} ms: tokenize {:.1} + preprocess {:.1} + encoder {:.1} + projector {:.1} + prefill {:.1} ms\n",
+        ms(t.ttft_us),
+        ms(t.tokenize_us),
+        ms(t.preprocess_us),
+        ms(t.encoder_us),
+        ms(t.projector_us),
+        ms(t.prefill_us)
+    );
+    s += &format!(
+        "prefill {:.1} tok/s, decode {:.1} tok/s ({} steps in {:.1} ms)\n",
+        rate(r.prompt_positions, t.prefill_us),
+        rate(r.decode_steps, t.decode_us),
+        r.decode_steps,
+        ms(t.decode_us)
+    );
+    s += &format!(
+        "arena {} bytes ({:.2} MiB): context {}, KV {}{}\n",
+        plan.total(),
+        plan.total() as f64 / (1024.0 * 1024.0),
+        plan.options.max_context,
+        plan.options.kv.name(),
+        plan.options
+            .resolution
+            .map_or(String::new(), |r| format!(", {r}x{r}"))
+    );
+    s
 }

@@ -29,7 +29,7 @@ use crate::kernels::linear::{Weights, linear_scratch_bytes, linear_vec};
 use crate::kernels::math::{add, rmsnorm, rope_cos_sin, rope_rotate_half};
 
 pub use attention::Heads;
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KvFormat, KvView};
 pub use mlp::Mlp;
 
 /// Prefill chunk [`DecoderState::new`] sizes its work buffers for: long inputs are run
@@ -285,23 +285,26 @@ pub enum Logits<'o> {
 }
 
 /// Arena sizes of a state, in allocation order (bytes).
-fn plan(s: &Shape, max_context: usize, chunk: usize) -> [usize; 12] {
-    let f = |n: usize| n.saturating_mul(4);
-    let kv = KvCache::tensor_bytes(s.layers, max_context, s.heads.kv_dim());
+fn plan(s: &Shape, max_context: usize, chunk: usize, format: KvFormat) -> [usize; 14] {
+    let f = |n: usize| n.saturating_mul(chunk.max(1)).saturating_mul(4);
+    let kv = KvCache::tensor_bytes_as(s.layers, max_context, s.heads.kv_dim(), format);
     let (d, qd, inter) = (s.hidden, s.heads.q_dim(), s.intermediate);
+    let one = |n: usize| n.saturating_mul(4);
     [
         kv,
         kv,
-        f(chunk * d),                // x: the residual stream
-        f(chunk * d),                // xn: normed input / block output
-        f(chunk * qd),               // q
-        f(chunk * qd.max(d)),        // attention output, then MLP output
-        f(chunk * inter),            // gate
-        f(chunk * inter),            // up
-        f(chunk * s.heads.head_dim), // rope cos and sin, chunk × head_dim/2 each
-        f(max_context),              // attention scores
-        f(s.vocab),                  // last logits
-        scratch_bytes(s, chunk),     // linear scratch
+        f(d),                    // x: the residual stream
+        f(d),                    // xn: normed input / block output
+        f(qd),                   // q
+        f(qd.max(d)),            // attention output, then MLP output
+        f(inter),                // gate
+        f(inter),                // up
+        f(s.heads.head_dim),     // rope cos and sin, chunk × head_dim/2 each
+        one(max_context),        // attention scores
+        one(s.vocab),            // last logits
+        scratch_bytes(s, chunk), // linear scratch
+        f(s.heads.kv_dim()),     // new keys, rotated here before caching
+        f(s.heads.kv_dim()),     // new values
     ]
 }
 
@@ -349,18 +352,44 @@ pub struct DecoderState<'a, 'w> {
     scores: &'a mut [f32],
     logits: &'a mut [f32],
     scratch: &'a mut [u8],
+    new_k: &'a mut [f32],
+    new_v: &'a mut [f32],
 }
 
 impl<'a, 'w> DecoderState<'a, 'w> {
-    /// Arena bytes a state for `config`, `max_context` positions and prefill chunks of
-    /// `chunk` positions needs, whatever the arena's start alignment.
+    /// Arena bytes a state with an f32 KV cache for `config`, `max_context` positions and
+    /// prefill chunks of `chunk` positions needs, whatever the arena's start alignment.
     pub fn arena_bytes(
         config: &DecoderConfig,
         max_context: usize,
         chunk: usize,
     ) -> Result<usize, Error> {
+        Self::arena_bytes_as(config, max_context, chunk, KvFormat::F32)
+    }
+
+    /// [`DecoderState::arena_bytes`] with the KV cache in `format`.
+    pub fn arena_bytes_as(
+        config: &DecoderConfig,
+        max_context: usize,
+        chunk: usize,
+        format: KvFormat,
+    ) -> Result<usize, Error> {
         let s = Shape::from_config(config)?;
-        Ok(bound(&plan(&s, max_context, chunk.max(1))))
+        Ok(bound(&plan(&s, max_context, chunk.max(1), format)))
+    }
+
+    /// Bytes the state takes from an arena whose free space starts on an
+    /// [`crate::arena::ALIGN`] boundary (what a planned region must hold).
+    pub fn padded_bytes(
+        config: &DecoderConfig,
+        max_context: usize,
+        chunk: usize,
+        format: KvFormat,
+    ) -> Result<usize, Error> {
+        let s = Shape::from_config(config)?;
+        Ok(plan(&s, max_context, chunk.max(1), format)
+            .iter()
+            .fold(0usize, |a, &b| a.saturating_add(padded(b))))
     }
 
     /// A state for up to `max_context` positions, prefilling [`DEFAULT_CHUNK`] (or
@@ -374,12 +403,23 @@ impl<'a, 'w> DecoderState<'a, 'w> {
     }
 
     /// A state for up to `max_context` positions, prefilling `chunk` positions at a
-    /// time. Checks that everything fits before allocating anything.
+    /// time, with an f32 KV cache. Checks that everything fits before allocating anything.
     pub fn with_chunk(
         arena: &mut Arena<'a>,
         decoder: &Decoder<'w>,
         max_context: usize,
         chunk: usize,
+    ) -> Result<Self, Error> {
+        Self::with_format(arena, decoder, max_context, chunk, KvFormat::F32)
+    }
+
+    /// [`DecoderState::with_chunk`] with the KV cache in `format`.
+    pub fn with_format(
+        arena: &mut Arena<'a>,
+        decoder: &Decoder<'w>,
+        max_context: usize,
+        chunk: usize,
+        format: KvFormat,
     ) -> Result<Self, Error> {
         if max_context == 0 || chunk == 0 {
             return Err(Error::Config {
@@ -387,14 +427,29 @@ impl<'a, 'w> DecoderState<'a, 'w> {
             });
         }
         let s = decoder.shape;
-        let sizes = plan(&s, max_context, chunk);
+        let sizes = plan(&s, max_context, chunk, format);
         arena.check(
             sizes
                 .iter()
                 .fold(0usize, |a, &b| a.saturating_add(padded(b))),
         )?;
-        let [_, _, x, xn, q, att, gate, up, rope, scores, logits, scratch] = sizes;
-        let kv = KvCache::new(arena, s.layers, max_context, s.heads.kv_dim())?;
+        let [
+            _,
+            _,
+            x,
+            xn,
+            q,
+            att,
+            gate,
+            up,
+            rope,
+            scores,
+            logits,
+            scratch,
+            new_k,
+            new_v,
+        ] = sizes;
+        let kv = KvCache::with_format(arena, s.layers, max_context, s.heads.kv_dim(), format)?;
         Ok(DecoderState {
             dec: *decoder,
             kv,
@@ -410,7 +465,14 @@ impl<'a, 'w> DecoderState<'a, 'w> {
             scores: arena.f32s(scores / 4)?,
             logits: arena.f32s(logits / 4)?,
             scratch: arena.bytes(scratch)?,
+            new_k: arena.f32s(new_k / 4)?,
+            new_v: arena.f32s(new_v / 4)?,
         })
+    }
+
+    /// The KV cache's number format.
+    pub fn kv_format(&self) -> KvFormat {
+        self.kv.format()
     }
 
     /// The decoder this state runs.
@@ -441,6 +503,11 @@ impl<'a, 'w> DecoderState<'a, 'w> {
 
     /// The logits of the last position of the last call that asked for [`Logits::Last`].
     pub fn logits(&self) -> &[f32] {
+        self.logits
+    }
+
+    /// The same logits, writable (samplers penalise repeated tokens in place).
+    pub fn logits_mut(&mut self) -> &mut [f32] {
         self.logits
     }
 
@@ -632,7 +699,8 @@ impl<'a, 'w> DecoderState<'a, 'w> {
         };
         linear_vec(&layer.q, bq, xn, m, q, scratch)?;
         {
-            let (k, v) = self.kv.rows_mut(l, p0, m)?;
+            let k = self.new_k.get_mut(..m * g.kv_dim()).unwrap_or_default();
+            let v = self.new_v.get_mut(..m * g.kv_dim()).unwrap_or_default();
             linear_vec(&layer.k, bk, xn, m, k, scratch)?;
             linear_vec(&layer.v, bv, xn, m, v, scratch)?;
             for (i, (qi, ki)) in q
@@ -645,9 +713,12 @@ impl<'a, 'w> DecoderState<'a, 'w> {
                 rope_rotate_half(qi, c, sn)?;
                 rope_rotate_half(ki, c, sn)?;
             }
+            self.kv.store(l, p0, k, v)?;
         }
-        let (k, v) = self.kv.prefix(l, p0 + m)?;
-        attention::causal(g, q, k, v, p0, self.scores, att)?;
+        match self.kv.prefix(l, p0 + m)? {
+            KvView::F32 { k, v } => attention::causal(g, q, k, v, p0, self.scores, att)?,
+            KvView::F16 { k, v } => attention::causal(g, q, k, v, p0, self.scores, att)?,
+        }
         linear_vec(&layer.o, None, att, m, xn, scratch)?;
         add(x, xn)?;
 

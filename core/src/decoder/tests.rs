@@ -358,3 +358,49 @@ fn quantized_logits_track_f32() {
     let cos = dot / (na * nb);
     assert!(cos >= 0.99, "cosine {cos}");
 }
+
+#[test]
+fn f16_kv_cache_tracks_f32_and_keeps_decode_equal_to_prefill() {
+    let bytes = image_bytes(DecoderArch::Qwen2, false, DType::F32, "");
+    with_image(&bytes, |img| {
+        let dec = Decoder::new(img).unwrap();
+        let cfg = dec.config();
+        let n = IDS.len();
+        let run = |format: KvFormat, chunk: usize| {
+            let mut buf = vec![0u8; DecoderState::arena_bytes_as(cfg, 16, chunk, format).unwrap()];
+            let mut arena = Arena::new(&mut buf);
+            let mut st = DecoderState::with_format(&mut arena, &dec, 16, chunk, format).unwrap();
+            assert_eq!(st.kv_format(), format);
+            let mut all = vec![0f32; n * VOCAB];
+            st.prefill_all(&IDS, &mut all).unwrap();
+            // Token by token from the same (f16) cache: every key and value is rounded
+            // when stored, before any attention reads it, so the order of calls cannot
+            // change a result.
+            st.reset();
+            for (i, &id) in IDS.iter().enumerate() {
+                let lg = st.decode_one(id).unwrap();
+                assert_eq!(lg, &all[i * VOCAB..(i + 1) * VOCAB], "{format:?} pos {i}");
+            }
+            all
+        };
+        let exact = run(KvFormat::F32, 4);
+        let half = run(KvFormat::F16, 4);
+        assert_eq!(half, run(KvFormat::F16, 16), "chunking changed f16 results");
+        // Each cached value carries a relative error of at most 2^-11 (4.9e-4); through
+        // the scores (q·k over 8 dims), softmax and the value average of two layers that
+        // stays within a few times that of the logit scale. 4e-3 x max|logit| is ~8x the
+        // per-value rounding, while a wrong row or head would be off by O(1).
+        let scale = exact.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let err = max_abs_diff(&exact, &half);
+        assert!(err <= 4e-3 * scale, "f16 KV error {err} vs scale {scale}");
+        assert!(err > 0.0, "the f16 cache rounded nothing: is it in use?");
+        // Half the cache bytes.
+        let kv32 = KvCache::tensor_bytes_as(LAYERS, 16, KV * HD, KvFormat::F32);
+        let kv16 = KvCache::tensor_bytes_as(LAYERS, 16, KV * HD, KvFormat::F16);
+        assert_eq!(kv32, 2 * kv16);
+        assert!(
+            DecoderState::padded_bytes(cfg, 16, 4, KvFormat::F16).unwrap()
+                < DecoderState::padded_bytes(cfg, 16, 4, KvFormat::F32).unwrap()
+        );
+    });
+}

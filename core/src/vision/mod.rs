@@ -7,15 +7,21 @@
 //! ```
 //!
 //! Memory: the blocks run in place on the current activation (`cur`); a second buffer
-//! (`other`) receives what changes size or cannot run in place (PatchEmbed, RepCPE,
-//! conv_exp) and serves the attention blocks as scratch for their QKV matrix, and the
-//! two swap roles. Each layer also borrows a work region through [`Arena::scope`] and
-//! gives it back (a row tile of a ConvFFN or a downsampler, conv and linear scratch;
-//! [`TILE_FLOATS`] bounds it). So nothing the reference holds transiently is ever stored
-//! at full size: not stem.0's output, not a ConvFFN hidden layer or its input, not an
-//! attention score matrix; at 1024² the largest buffer is the stage-0 activation itself.
+//! (`other`) receives what changes size or cannot run in place (PatchEmbed, RepCPE) and
+//! serves the attention blocks as scratch for their QKV matrix, and the two swap roles.
+//! Each layer also borrows a work region through [`Arena::scope`] and gives it back (a row
+//! tile of a ConvFFN or a downsampler, conv and linear scratch; [`TILE_FLOATS`] bounds
+//! it). So nothing the reference holds transiently is ever stored at full size: not
+//! stem.0's output, not a ConvFFN hidden layer or its input, not an attention score
+//! matrix; at 1024² the largest buffer is the stage-0 activation itself.
 //! [`VisionEncoder::arena_bytes`] sums exactly what [`VisionEncoder::encode`] allocates,
 //! and `encode` checks the arena against it before it touches anything.
+//!
+//! The run has three steps with different needs, which the session's arena planner
+//! exploits: [`VisionEncoder::stem`] reads the pixels and writes the first buffer (the
+//! second is not in use yet, so the pixels can live where it will be),
+//! [`VisionEncoder::stages`] needs both buffers, and [`VisionEncoder::head`] reads one of
+//! them ([`VisionPlan::final_buffer`]) and writes the features wherever the caller wants.
 //!
 //! Layers are looked up by canonical name when they run (a binary search each) rather
 //! than stored, so the encoder is a few words whatever the depth; [`VisionEncoder::new`]
@@ -289,8 +295,19 @@ pub struct VisionPlan {
     /// f32 values of the two activation buffers. The first holds the stem output and the
     /// stage-0 blocks (which run in place), so it is the larger one.
     pub buffer_floats: [usize; 2],
-    /// Largest work region any layer takes, in bytes (padded).
+    /// Largest work region any layer takes, in bytes (padded): the largest of the three
+    /// steps' below.
     pub work_bytes: usize,
+    /// Work region of [`VisionEncoder::stem`], in bytes (padded).
+    pub stem_work_bytes: usize,
+    /// Work region of [`VisionEncoder::stages`], in bytes (padded).
+    pub stages_work_bytes: usize,
+    /// Work region of [`VisionEncoder::head`], in bytes (padded).
+    pub head_work_bytes: usize,
+    /// Which of the two buffers holds the last stage's output (the head's input).
+    pub final_buffer: usize,
+    /// Shape of the last stage's output.
+    pub final_shape: Shape,
     /// Output tokens.
     pub tokens: usize,
     /// Output channels per token.
@@ -493,7 +510,8 @@ impl<'a> VisionEncoder<'a> {
         let stem = Stem::load(img, cfg)?;
         let mut shape = stem.out_shape(resolution);
         slots.need_cur(shape.len());
-        let mut work = stem.work(resolution).0;
+        let stem_work = stem.work(resolution).0;
+        let mut work = 0;
         for (i, st) in cfg.stages.iter().enumerate() {
             if i > 0 {
                 let pe = PatchEmbed::load(img, i, stage_dim(cfg, i - 1), st.dim as usize)?;
@@ -520,13 +538,17 @@ impl<'a> VisionEncoder<'a> {
             }
         }
         let head = Head::load(img, cfg)?;
-        work = work.max(head.work(shape).0);
+        let head_work = head.work(shape).0;
         let out = head.out_shape(shape);
-        slots.need_other(out.len());
         Ok(VisionPlan {
             resolution,
             buffer_floats: slots.floats,
-            work_bytes: work,
+            work_bytes: stem_work.max(work).max(head_work),
+            stem_work_bytes: stem_work,
+            stages_work_bytes: work,
+            head_work_bytes: head_work,
+            final_buffer: slots.cur,
+            final_shape: shape,
             tokens: out.pixels(),
             out_dim: out.channels,
         })
@@ -562,8 +584,26 @@ impl<'a> VisionEncoder<'a> {
         observe: &mut dyn FnMut(Tap, &[f32], Shape),
     ) -> Result<(), Error> {
         let plan = self.plan(resolution)?;
-        let (img, cfg) = (self.image, self.cfg);
-        let in_len = cfg.in_channels as usize * resolution * resolution;
+        self.check_io(&plan, pixels, out)?;
+        arena.check(plan.padded_bytes())?;
+        let [a, b] = plan.buffer_floats;
+        let mut bufs = [arena.f32s(a)?, arena.f32s(b)?];
+        let [first, second] = &mut bufs;
+        let shape = self.stem(pixels, resolution, first, arena)?;
+        observe(Tap::Stem, prefix(first, shape.len())?, shape);
+        let (shape, last) = self.stages(first, second, shape, arena, observe)?;
+        let x = bufs.get(last).map_or(&[][..], |b| &b[..]);
+        let shape = self.head(x, shape, arena, out)?;
+        observe(Tap::Head, prefix(out, shape.len())?, shape);
+        Ok(())
+    }
+
+    /// Check the pixel and output lengths against `plan`.
+    fn check_io(&self, plan: &VisionPlan, pixels: &[f32], out: &[f32]) -> Result<(), Error> {
+        let r = plan.resolution;
+        let in_len = (self.cfg.in_channels as usize)
+            .saturating_mul(r)
+            .saturating_mul(r);
         if pixels.len() != in_len {
             return Err(Error::Length {
                 what: "input pixels (channels x resolution x resolution)",
@@ -571,7 +611,7 @@ impl<'a> VisionEncoder<'a> {
                 got: pixels.len(),
             });
         }
-        let out_len = plan.tokens * plan.out_dim;
+        let out_len = plan.tokens.saturating_mul(plan.out_dim);
         if out.len() != out_len {
             return Err(Error::Length {
                 what: "vision output (tokens x out_dim)",
@@ -579,44 +619,96 @@ impl<'a> VisionEncoder<'a> {
                 got: out.len(),
             });
         }
-        arena.check(plan.padded_bytes())?;
-        let [a, b] = plan.buffer_floats;
-        let mut cur = arena.f32s(a)?;
-        let mut other = arena.f32s(b)?;
+        Ok(())
+    }
 
-        let stem = Stem::load(img, cfg)?;
-        let mut shape = stem.forward(pixels, resolution, cur, arena)?;
-        observe(Tap::Stem, prefix(cur, shape.len())?, shape);
+    /// Step 1: the stem, from planar `pixels` (`in_channels x R x R`) into `first` (which
+    /// must hold `plan.buffer_floats[0]` values), with layer scratch from `work`
+    /// (`plan.stem_work_bytes` from an aligned start). Returns the stem's output shape.
+    pub fn stem(
+        &self,
+        pixels: &[f32],
+        resolution: usize,
+        first: &mut [f32],
+        work: &mut Arena<'_>,
+    ) -> Result<Shape, Error> {
+        self.check_resolution(resolution)?;
+        let (img, cfg) = (self.image, self.cfg);
+        let in_len = (cfg.in_channels as usize)
+            .saturating_mul(resolution)
+            .saturating_mul(resolution);
+        if pixels.len() != in_len {
+            return Err(Error::Length {
+                what: "input pixels (channels x resolution x resolution)",
+                expected: in_len,
+                got: pixels.len(),
+            });
+        }
+        Stem::load(img, cfg)?.forward(pixels, resolution, first, work)
+    }
 
+    /// Step 2: every stage, starting from the stem output (`shape`) in `first` and using
+    /// `second` as the other buffer (they hold `plan.buffer_floats` values), with layer
+    /// scratch from `work` (`plan.stages_work_bytes`). `observe` sees each stage's output.
+    /// Returns the last stage's shape and which buffer (0 = `first`) holds it.
+    pub fn stages(
+        &self,
+        first: &mut [f32],
+        second: &mut [f32],
+        mut shape: Shape,
+        work: &mut Arena<'_>,
+        observe: &mut dyn FnMut(Tap, &[f32], Shape),
+    ) -> Result<(Shape, usize), Error> {
+        let (img, cfg) = (self.image, self.cfg);
+        let (mut cur, mut other) = (first, second);
+        let mut which = 0;
         for (i, st) in cfg.stages.iter().enumerate() {
             if i > 0 {
                 let pe = PatchEmbed::load(img, i, stage_dim(cfg, i - 1), st.dim as usize)?;
-                shape = pe.forward(cur, other, shape, arena)?;
+                shape = pe.forward(cur, other, shape, work)?;
                 core::mem::swap(&mut cur, &mut other);
+                which = 1 - which;
             }
             if st.pos_emb {
-                RepCpe::load(img, cfg, i, st.dim as usize)?.forward(cur, other, shape, arena)?;
+                RepCpe::load(img, cfg, i, st.dim as usize)?.forward(cur, other, shape, work)?;
                 core::mem::swap(&mut cur, &mut other);
+                which = 1 - which;
             }
             for b in 0..st.depth as usize {
                 match st.mixer {
                     TokenMixer::RepMixer => {
-                        RepMixerBlock::load(img, cfg, i, b, st)?.forward(cur, shape, arena)?;
+                        RepMixerBlock::load(img, cfg, i, b, st)?.forward(cur, shape, work)?;
                     }
                     TokenMixer::Attention => {
                         AttentionBlock::load(img, cfg, i, b, st)?
-                            .forward(cur, other, shape, arena)?;
+                            .forward(cur, other, shape, work)?;
                     }
                 }
             }
             observe(Tap::Stage(i), prefix(cur, shape.len())?, shape);
         }
+        Ok((shape, which))
+    }
 
-        let head = Head::load(img, cfg)?;
-        let shape = head.forward(cur, other, shape, arena)?;
-        let features = prefix(other, shape.len())?;
-        observe(Tap::Head, features, shape);
-        out.copy_from_slice(features);
-        Ok(())
+    /// Step 3: `conv_exp` + SE + GELU from the last stage's output `x` (of `shape`) into
+    /// `out` (`tokens x out_dim`, tokens row-major over the grid), with layer scratch from
+    /// `work` (`plan.head_work_bytes`). Returns the output shape.
+    pub fn head(
+        &self,
+        x: &[f32],
+        shape: Shape,
+        work: &mut Arena<'_>,
+        out: &mut [f32],
+    ) -> Result<Shape, Error> {
+        let head = Head::load(self.image, self.cfg)?;
+        let out_shape = head.out_shape(shape);
+        if out.len() != out_shape.len() {
+            return Err(Error::Length {
+                what: "vision output (tokens x out_dim)",
+                expected: out_shape.len(),
+                got: out.len(),
+            });
+        }
+        head.forward(x, out, shape, work)
     }
 }
