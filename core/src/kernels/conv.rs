@@ -16,9 +16,13 @@ use core::ops::Range;
 
 use glimpse_quant::DType;
 
+use glimpse_hal::Executor;
+
 use crate::error::{Error, tensor_name};
 use crate::image::TensorView;
 use crate::kernels::Vector;
+use crate::kernels::cpu::{Cpu, F32Kernel};
+use crate::kernels::par::{SharedMut, piece, task_count, with_default_executor};
 
 /// Output channels a grouped conv handles per pass: its kernel taps for these channels
 /// (up to `7 x 7 x 64` f32, 12.5 KiB) stay in L1 while it sweeps the rows.
@@ -86,6 +90,14 @@ impl<'a> Params<'a> {
     /// Whether it holds no value.
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
+    }
+
+    /// The values as f32s in place, when they are stored as aligned little-endian f32.
+    pub fn as_f32(&self) -> Option<&'a [f32]> {
+        if self.dtype != DType::F32 || cfg!(target_endian = "big") {
+            return None;
+        }
+        bytemuck::try_cast_slice(self.data).ok()
     }
 
     /// Decode values `start .. start + out.len()` into `out`.
@@ -248,6 +260,8 @@ fn mac_grouped(acc: &mut [f32], x: &[f32], w: &[f32], mult: usize) {
 /// - `weight` is `[kernel, kernel, out_channels]`, `bias` is `[out_channels]`.
 /// - `out` receives `rows.len() x out_width x out_channels`, NHWC.
 /// - `scratch` holds at least `g.scratch_floats()` f32s (decoded taps of one chunk).
+///
+/// Runs on the default executor ([`with_default_executor`]).
 #[allow(clippy::too_many_arguments)]
 pub fn grouped_conv(
     g: &Grouped,
@@ -259,11 +273,63 @@ pub fn grouped_conv(
     out: &mut [f32],
     scratch: &mut [f32],
 ) -> Result<(), Error> {
+    with_default_executor(|exec| {
+        grouped_conv_with(exec, g, input, in_row0, weight, bias, rows, out, scratch)
+    })
+}
+
+/// [`grouped_conv`] with its output rows split across `exec`'s tasks; the result is the
+/// same to the bit for any executor.
+#[allow(clippy::too_many_arguments)]
+pub fn grouped_conv_with(
+    exec: &mut dyn Executor,
+    g: &Grouped,
+    input: &[f32],
+    in_row0: usize,
+    weight: Params<'_>,
+    bias: Params<'_>,
+    rows: Range<usize>,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) -> Result<(), Error> {
+    grouped_conv_on(
+        Cpu::active(),
+        exec,
+        g,
+        input,
+        in_row0,
+        weight,
+        bias,
+        rows,
+        out,
+        scratch,
+    )
+}
+
+/// [`grouped_conv_with`] restricted to the kernels `cpu` allows (intersected with what
+/// is active). All of them give the same result to the bit.
+///
+/// Each task needs its own decoded taps unless the kernel and bias are f32 (then they are
+/// read in place): with f16/bf16 parameters, `scratch` must hold `tasks ×
+/// g.scratch_floats()` f32s for `tasks` tasks to run at once, and fewer tasks run if it
+/// holds less.
+#[allow(clippy::too_many_arguments)]
+pub fn grouped_conv_on(
+    cpu: Cpu,
+    exec: &mut dyn Executor,
+    g: &Grouped,
+    input: &[f32],
+    in_row0: usize,
+    weight: Params<'_>,
+    bias: Params<'_>,
+    rows: Range<usize>,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) -> Result<(), Error> {
     g.validate()?;
-    let (k, s, c, m) = (g.kernel, g.stride, g.channels, g.mult);
-    let co = g.out_channels();
+    let (k, co) = (g.kernel, g.out_channels());
     let (ow, oh) = (g.out_width(), g.out_height());
-    let row_len = g.width * c;
+    let row_len = g.width * g.channels;
     if rows.end > oh {
         return Err(Error::Length {
             what: "grouped conv output rows",
@@ -290,61 +356,283 @@ pub fn grouped_conv(
             got: window.end,
         });
     }
-    if scratch.len() < g.scratch_floats() {
+    let per_task = g.scratch_floats();
+    if scratch.len() < per_task {
         return Err(Error::Length {
             what: "grouped conv scratch",
-            expected: g.scratch_floats(),
+            expected: per_task,
             got: scratch.len(),
         });
     }
-    let in_rows: &[f32] = input;
-    let pad = (k / 2) as isize;
-
-    let ci_chunk = g.in_chunk();
-    let mut ci0 = 0;
-    while ci0 < c {
-        let nci = ci_chunk.min(c - ci0);
-        let (co0, nco) = (ci0 * m, nci * m);
-        let (wk, rest) = scratch.split_at_mut(k * k * nco);
-        let bk = rest.get_mut(..nco).ok_or(Error::Length {
-            what: "grouped conv scratch",
-            expected: g.scratch_floats(),
-            got: 0,
-        })?;
-        for (tap, dst) in wk.chunks_exact_mut(nco).enumerate() {
-            weight.load(tap * co + co0, dst)?;
+    let f32_params = (weight.as_f32(), bias.as_f32());
+    let in_place = matches!(f32_params, (Some(_), Some(_)));
+    let work = rows.len() * ow * co * k * k;
+    let mut tasks = task_count(exec, rows.len(), work);
+    if !in_place {
+        tasks = tasks.min(scratch.len() / per_task.max(1)).max(1);
+    }
+    let job = GroupedJob {
+        g: *g,
+        input,
+        window_start: window.start,
+        weight,
+        bias,
+        f32_params,
+        kind: cpu.usable().f32_kernel(),
+    };
+    let per_row = ow * co;
+    if tasks <= 1 {
+        return job.rows(rows, out, scratch);
+    }
+    let out = SharedMut::new(out);
+    let scr = SharedMut::new(scratch);
+    let failed = core::sync::atomic::AtomicBool::new(false);
+    exec.run(tasks, &|t| {
+        let r = piece(rows.len(), tasks, 1, t);
+        if r.is_empty() {
+            return;
         }
-        bias.load(co0, bk)?;
+        // SAFETY: pieces of the output rows are disjoint, and task t alone uses scratch
+        // slice t (tasks <= scratch.len() / per_task unless the parameters are read in
+        // place, when the scratch is not touched).
+        let (o, sc) = unsafe {
+            (
+                out.slice(r.start * per_row..r.end * per_row),
+                if in_place {
+                    Some(&mut [][..])
+                } else {
+                    scr.slice(t * per_task..(t + 1) * per_task)
+                },
+            )
+        };
+        let ok = match (o, sc) {
+            (Some(o), Some(sc)) => job
+                .rows(rows.start + r.start..rows.start + r.end, o, sc)
+                .is_ok(),
+            _ => false,
+        };
+        if !ok {
+            failed.store(true, core::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    if failed.load(core::sync::atomic::Ordering::Relaxed) {
+        // Every length was checked above, so this does not happen; report it anyway.
+        return Err(Error::Length {
+            what: "grouped conv task",
+            expected: 0,
+            got: 1,
+        });
+    }
+    Ok(())
+}
 
-        for (oy, out_row) in rows.clone().zip(out.chunks_exact_mut(ow * co)) {
-            let iy0 = (oy * s) as isize - pad;
-            let kys = valid_taps(iy0, k, g.height);
-            for (ox, out_px) in out_row.chunks_exact_mut(co).enumerate() {
-                let acc = out_px.get_mut(co0..co0 + nco).unwrap_or_default();
-                acc.copy_from_slice(bk);
-                let ix0 = (ox * s) as isize - pad;
-                let kxs = valid_taps(ix0, k, g.width);
-                for ky in kys.clone() {
-                    let iy = (iy0 + ky as isize) as usize - window.start;
-                    let Some(in_row) = in_rows.get(iy * row_len..(iy + 1) * row_len) else {
-                        continue;
+/// Everything a task of [`grouped_conv_with`] reads.
+struct GroupedJob<'a> {
+    g: Grouped,
+    input: &'a [f32],
+    window_start: usize,
+    weight: Params<'a>,
+    bias: Params<'a>,
+    /// The kernel and bias as f32 slices, when they can be read in place.
+    f32_params: (Option<&'a [f32]>, Option<&'a [f32]>),
+    kind: F32Kernel,
+}
+
+impl GroupedJob<'_> {
+    /// Output rows `rows` into `out` (exactly those rows), decoding taps into `scratch`
+    /// unless the parameters are read in place.
+    fn rows(&self, rows: Range<usize>, out: &mut [f32], scratch: &mut [f32]) -> Result<(), Error> {
+        #[cfg(target_arch = "x86_64")]
+        match self.kind {
+            // SAFETY: the kernel kind was chosen from the active CPU features.
+            F32Kernel::Avx512 => return unsafe { self.rows_avx512(rows, out, scratch) },
+            F32Kernel::Avx2 => return unsafe { self.rows_avx2(rows, out, scratch) },
+            _ => {}
+        }
+        let _ = self.kind;
+        self.rows_body(rows, out, scratch)
+    }
+
+    /// # Safety
+    ///
+    /// The CPU implements AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn rows_avx2(
+        &self,
+        rows: Range<usize>,
+        out: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<(), Error> {
+        self.rows_body(rows, out, scratch)
+    }
+
+    /// # Safety
+    ///
+    /// The CPU implements AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,avx512f")]
+    unsafe fn rows_avx512(
+        &self,
+        rows: Range<usize>,
+        out: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<(), Error> {
+        self.rows_body(rows, out, scratch)
+    }
+
+    /// The reference loops (inlined into each instruction-set variant above, where LLVM
+    /// vectorises the channel loops at that width; every element sees the same
+    /// multiplies and adds in the same order, so all variants agree to the bit).
+    #[inline(always)]
+    fn rows_body(
+        &self,
+        rows: Range<usize>,
+        out: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<(), Error> {
+        let g = &self.g;
+        let (k, s, c, m) = (g.kernel, g.stride, g.channels, g.mult);
+        let co = g.out_channels();
+        let ow = g.out_width();
+        let row_len = g.width * c;
+        let pad = (k / 2) as isize;
+        let ci_chunk = g.in_chunk();
+        let mut ci0 = 0;
+        while ci0 < c {
+            let nci = ci_chunk.min(c - ci0);
+            let (co0, nco) = (ci0 * m, nci * m);
+            // The chunk's taps: `tap(t)` is the kernel row of tap t for these channels,
+            // read in place or decoded into the scratch.
+            let (wsrc, wstride, bk): (&[f32], usize, &[f32]) = match self.f32_params {
+                (Some(wf), Some(bf)) => (
+                    wf.get(co0..).unwrap_or_default(),
+                    co,
+                    bf.get(co0..co0 + nco).unwrap_or_default(),
+                ),
+                _ => {
+                    let short = Error::Length {
+                        what: "grouped conv scratch",
+                        expected: g.scratch_floats(),
+                        got: scratch.len(),
                     };
-                    for kx in kxs.clone() {
-                        let ix = (ix0 + kx as isize) as usize;
-                        let x = in_row
-                            .get(ix * c + ci0..ix * c + ci0 + nci)
-                            .unwrap_or_default();
-                        let w = wk
-                            .get((ky * k + kx) * nco..(ky * k + kx + 1) * nco)
-                            .unwrap_or_default();
-                        mac_grouped(acc, x, w, m);
+                    let (wk, rest) = scratch
+                        .split_at_mut_checked(k * k * nco)
+                        .ok_or(short.clone())?;
+                    let bk = rest.get_mut(..nco).ok_or(short)?;
+                    for (tap, dst) in wk.chunks_exact_mut(nco).enumerate() {
+                        self.weight.load(tap * co + co0, dst)?;
+                    }
+                    self.bias.load(co0, bk)?;
+                    (&*wk, nco, &*bk)
+                }
+            };
+
+            for (oy, out_row) in rows.clone().zip(out.chunks_exact_mut(ow * co)) {
+                let iy0 = (oy * s) as isize - pad;
+                let kys = valid_taps(iy0, k, g.height);
+                for (ox, out_px) in out_row.chunks_exact_mut(co).enumerate() {
+                    let acc = out_px.get_mut(co0..co0 + nco).unwrap_or_default();
+                    acc.copy_from_slice(bk);
+                    let ix0 = (ox * s) as isize - pad;
+                    let kxs = valid_taps(ix0, k, g.width);
+                    if m == 1 {
+                        // Depthwise: 16 channels at a time held in registers across every
+                        // tap (the same additions, in the same tap order, as below).
+                        let (acc16, _) = acc.as_chunks_mut::<16>();
+                        for (v, a16) in acc16.iter_mut().enumerate() {
+                            let mut r = *a16;
+                            for ky in kys.clone() {
+                                let iy = (iy0 + ky as isize) as usize - self.window_start;
+                                for kx in kxs.clone() {
+                                    let ix = (ix0 + kx as isize) as usize;
+                                    let xo = iy * row_len + ix * c + ci0 + 16 * v;
+                                    let t = ky * k + kx;
+                                    let wo = t * wstride + 16 * v;
+                                    let (Some(x), Some(w)) =
+                                        (self.input.get(xo..xo + 16), wsrc.get(wo..wo + 16))
+                                    else {
+                                        continue;
+                                    };
+                                    for j in 0..16 {
+                                        r[j] += x[j] * w[j];
+                                    }
+                                }
+                            }
+                            *a16 = r;
+                        }
+                        let done = acc16.len() * 16;
+                        let acc = acc.get_mut(done..).unwrap_or_default();
+                        self.taps_grouped(
+                            acc,
+                            ci0 + done,
+                            done,
+                            wsrc,
+                            wstride,
+                            iy0,
+                            ix0,
+                            &kys,
+                            &kxs,
+                        );
+                        continue;
+                    }
+                    for ky in kys.clone() {
+                        let iy = (iy0 + ky as isize) as usize - self.window_start;
+                        let Some(in_row) = self.input.get(iy * row_len..(iy + 1) * row_len) else {
+                            continue;
+                        };
+                        for kx in kxs.clone() {
+                            let ix = (ix0 + kx as isize) as usize;
+                            let x = in_row
+                                .get(ix * c + ci0..ix * c + ci0 + nci)
+                                .unwrap_or_default();
+                            let t = ky * k + kx;
+                            let w = wsrc.get(t * wstride..t * wstride + nco).unwrap_or_default();
+                            mac_grouped(acc, x, w, m);
+                        }
                     }
                 }
             }
+            ci0 += nci;
         }
-        ci0 += nci;
+        Ok(())
     }
-    Ok(())
+}
+
+impl GroupedJob<'_> {
+    /// Depthwise taps for the channels past the last whole 16 of a chunk: `acc` holds
+    /// channels `c0 ..` (offset `w0` into each tap's weights).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn taps_grouped(
+        &self,
+        acc: &mut [f32],
+        c0: usize,
+        w0: usize,
+        wsrc: &[f32],
+        wstride: usize,
+        iy0: isize,
+        ix0: isize,
+        kys: &Range<usize>,
+        kxs: &Range<usize>,
+    ) {
+        let g = &self.g;
+        let (k, c) = (g.kernel, g.channels);
+        let row_len = g.width * c;
+        let n = acc.len();
+        for ky in kys.clone() {
+            let iy = (iy0 + ky as isize) as usize - self.window_start;
+            for kx in kxs.clone() {
+                let ix = (ix0 + kx as isize) as usize;
+                let xo = iy * row_len + ix * c + c0;
+                let wo = (ky * k + kx) * wstride + w0;
+                let (Some(x), Some(w)) = (self.input.get(xo..xo + n), wsrc.get(wo..wo + n)) else {
+                    continue;
+                };
+                mac_grouped(acc, x, w, 1);
+            }
+        }
+    }
 }
 
 /// Geometry of a full (ungrouped) conv over a planar `channels x height x width` input.
@@ -404,6 +692,35 @@ pub fn dense_conv_planar(
     out: &mut [f32],
     scratch: &mut [f32],
 ) -> Result<(), Error> {
+    with_default_executor(|exec| {
+        dense_conv_planar_on(
+            Cpu::active(),
+            exec,
+            g,
+            input,
+            weight,
+            bias,
+            rows,
+            out,
+            scratch,
+        )
+    })
+}
+
+/// [`dense_conv_planar`] with the kernels `cpu` allows (intersected with what is active)
+/// and its output pixels split across `exec`'s tasks. Every choice gives the same bits.
+#[allow(clippy::too_many_arguments)]
+pub fn dense_conv_planar_on(
+    cpu: Cpu,
+    exec: &mut dyn Executor,
+    g: &Dense,
+    input: &[f32],
+    weight: Params<'_>,
+    bias: Params<'_>,
+    rows: Range<usize>,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) -> Result<(), Error> {
     let (k, s, ci, co) = (g.kernel, g.stride, g.in_channels, g.out_channels);
     if k.is_multiple_of(2)
         || s == 0
@@ -448,13 +765,77 @@ pub fn dense_conv_planar(
         }
     }
     bias.load(0, bt)?;
+    let job = DenseJob {
+        g: *g,
+        input,
+        wt: &*wt,
+        bt: &*bt,
+        kind: cpu.usable().f32_kernel(),
+    };
+    // The stem asks for one output row at a time, so split over output pixels.
+    let first = rows.start * ow;
+    let pixels = rows.len() * ow;
+    let tasks = task_count(exec, pixels, pixels * co * taps);
+    if tasks <= 1 {
+        job.pixels(first..first + pixels, out);
+        return Ok(());
+    }
+    let shared = SharedMut::new(out);
+    exec.run(tasks, &|t| {
+        let r = piece(pixels, tasks, 1, t);
+        // SAFETY: the pieces of the output are disjoint.
+        if let Some(o) = unsafe { shared.slice(r.start * co..r.end * co) } {
+            job.pixels(first + r.start..first + r.end, o);
+        }
+    });
+    Ok(())
+}
 
-    let pad = (k / 2) as isize;
-    for (oy, out_row) in rows.zip(out.chunks_exact_mut(ow * co)) {
-        let iy0 = (oy * s) as isize - pad;
-        let kys = valid_taps(iy0, k, g.height);
-        for (ox, acc) in out_row.chunks_exact_mut(co).enumerate() {
-            acc.copy_from_slice(bt);
+/// What a task of [`dense_conv_planar`] reads: the input and the transposed kernel.
+struct DenseJob<'a> {
+    g: Dense,
+    input: &'a [f32],
+    wt: &'a [f32],
+    bt: &'a [f32],
+    kind: F32Kernel,
+}
+
+impl DenseJob<'_> {
+    /// Output pixels `px` (flat indices `oy·out_width + ox`) into `out`.
+    fn pixels(&self, px: Range<usize>, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if matches!(self.kind, F32Kernel::Avx2 | F32Kernel::Avx512) {
+            // SAFETY: the kernel kind was chosen from the active CPU features.
+            unsafe { self.pixels_avx2(px, out) };
+            return;
+        }
+        let _ = self.kind;
+        self.pixels_body(px, out);
+    }
+
+    /// # Safety
+    ///
+    /// The CPU implements AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn pixels_avx2(&self, px: Range<usize>, out: &mut [f32]) {
+        self.pixels_body(px, out);
+    }
+
+    /// The reference loops (vectorised over output channels at each variant's width,
+    /// the same operations per element).
+    #[inline(always)]
+    fn pixels_body(&self, px: Range<usize>, out: &mut [f32]) {
+        let g = &self.g;
+        let (k, s, ci, co) = (g.kernel, g.stride, g.in_channels, g.out_channels);
+        let ow = g.out_width();
+        let plane = g.height * g.width;
+        let pad = (k / 2) as isize;
+        for (p, acc) in px.zip(out.chunks_exact_mut(co)) {
+            let (oy, ox) = (p / ow.max(1), p % ow.max(1));
+            acc.copy_from_slice(self.bt);
+            let iy0 = (oy * s) as isize - pad;
+            let kys = valid_taps(iy0, k, g.height);
             let ix0 = (ox * s) as isize - pad;
             let kxs = valid_taps(ix0, k, g.width);
             for ky in kys.clone() {
@@ -462,12 +843,13 @@ pub fn dense_conv_planar(
                 for kx in kxs.clone() {
                     let ix = (ix0 + kx as isize) as usize;
                     for i in 0..ci {
-                        let x = input
+                        let x = self
+                            .input
                             .get(i * plane + iy * g.width + ix)
                             .copied()
                             .unwrap_or(0.0);
                         let t = (ky * k + kx) * ci + i;
-                        let w = wt.get(t * co..(t + 1) * co).unwrap_or_default();
+                        let w = self.wt.get(t * co..(t + 1) * co).unwrap_or_default();
                         for (a, &w) in acc.iter_mut().zip(w) {
                             *a += x * w;
                         }
@@ -476,7 +858,6 @@ pub fn dense_conv_planar(
             }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

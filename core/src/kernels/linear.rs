@@ -16,8 +16,13 @@ use glimpse_quant::DType;
 use glimpse_quant::fp8::{E4M3_TO_F32, E5M2_TO_F32, e8m0_to_f32};
 use glimpse_quant::layout::QK;
 
+use glimpse_hal::Executor;
+
 use crate::error::{Dims, Error, tensor_name};
 use crate::image::TensorView;
+use crate::kernels::cpu::{Cpu, F32Kernel, Q8Kernel};
+use crate::kernels::gemm::{self, ActLayout};
+use crate::kernels::par::{SharedMut, for_pieces, task_count, with_default_executor};
 use crate::kernels::{Vector, bf16_to_f32, f16_to_f32};
 
 /// Bytes of a Q8_0 / E4M3 / E5M2 block, and of an MXFP8 block.
@@ -89,7 +94,7 @@ impl<'a> Weights<'a> {
         row_bytes(self.dtype, self.cols).unwrap_or(0)
     }
 
-    fn check(&self) -> Result<(), Error> {
+    pub(crate) fn check(&self) -> Result<(), Error> {
         let rb = row_bytes(self.dtype, self.cols).ok_or(Error::DType {
             tensor: tensor_name("(matrix)"),
             dtype: self.dtype,
@@ -133,7 +138,7 @@ impl<'a> Weights<'a> {
 }
 
 /// Decode one stored row into f32 (`out.len()` values; the caller checked the lengths).
-fn decode_row(dtype: DType, row: &[u8], out: &mut [f32]) {
+pub(crate) fn decode_row(dtype: DType, row: &[u8], out: &mut [f32]) {
     match dtype {
         DType::F32 => {
             let (c, _) = row.as_chunks::<4>();
@@ -194,10 +199,10 @@ fn decode_row(dtype: DType, row: &[u8], out: &mut [f32]) {
         DType::U8 | DType::U32 | DType::I32 => {}
     }
 }
-
 /// Scratch bytes [`linear`] needs for `n` activation rows: the quantized activations for
 /// Q8_0 (int8 codes plus one f32 scale per block), one widened weight row otherwise. Add
-/// nothing for alignment: the count includes it.
+/// nothing for alignment: the count includes it. The same scratch serves every executor
+/// and every kernel.
 pub fn linear_scratch_bytes(w: &Weights, n: usize) -> usize {
     let body = match w.dtype {
         DType::Q8_0 => {
@@ -216,7 +221,8 @@ pub fn linear_scratch_bytes(w: &Weights, n: usize) -> usize {
 ///
 /// `bias`, when given, is a 1-D F32/F16/BF16 tensor of `rows` values. `scratch` must hold
 /// at least [`linear_scratch_bytes`]`(w, n)` bytes; its contents are overwritten.
-/// Every length is checked before anything is written.
+/// Every length is checked before anything is written. The work runs on the default
+/// executor ([`with_default_executor`]: sequential unless the port installed one).
 pub fn linear(
     w: &Weights,
     bias: Option<&TensorView>,
@@ -225,12 +231,57 @@ pub fn linear(
     y: &mut [f32],
     scratch: &mut [u8],
 ) -> Result<(), Error> {
+    with_default_executor(|exec| linear_with(exec, w, bias, x, n, y, scratch))
+}
+
+/// [`linear`] with its output columns split across `exec`'s tasks. The result is the
+/// same to the bit for every executor.
+pub fn linear_with(
+    exec: &mut dyn Executor,
+    w: &Weights,
+    bias: Option<&TensorView>,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    scratch: &mut [u8],
+) -> Result<(), Error> {
     let bias = bias.map(Vector::from_view).transpose()?;
-    linear_vec(w, bias.as_ref(), x, n, y, scratch)
+    linear_vec_with(exec, w, bias.as_ref(), x, n, y, scratch)
 }
 
 /// [`linear`] with the bias as a [`Vector`] (already resolved by the caller).
 pub fn linear_vec(
+    w: &Weights,
+    bias: Option<&Vector>,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    scratch: &mut [u8],
+) -> Result<(), Error> {
+    with_default_executor(|exec| linear_vec_with(exec, w, bias, x, n, y, scratch))
+}
+
+/// [`linear_vec`] with its output columns split across `exec`'s tasks, using the
+/// [`Cpu::active`] kernels.
+pub fn linear_vec_with(
+    exec: &mut dyn Executor,
+    w: &Weights,
+    bias: Option<&Vector>,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    scratch: &mut [u8],
+) -> Result<(), Error> {
+    linear_vec_on(Cpu::active(), exec, w, bias, x, n, y, scratch)
+}
+
+/// [`linear_vec_with`] restricted to the kernels `cpu` allows (intersected with what is
+/// active, so asking for more than the CPU has is harmless). Every kernel gives the same
+/// result to the bit; this exists to test and benchmark them against each other.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_vec_on(
+    cpu: Cpu,
+    exec: &mut dyn Executor,
     w: &Weights,
     bias: Option<&Vector>,
     x: &[f32],
@@ -268,10 +319,11 @@ pub fn linear_vec(
         return Ok(());
     }
 
+    let cpu = cpu.usable();
     if w.dtype == DType::Q8_0 {
-        matmul_q8_0(w, x, n, y, scratch)?;
+        matmul_q8_0(cpu.q8_kernel(), exec, w, x, n, y, scratch)?;
     } else {
-        matmul_f32(w, x, n, y, scratch)?;
+        matmul_f32(cpu.f32_kernel(), exec, w, x, n, y, scratch)?;
     }
 
     if let Some(b) = bias {
@@ -298,9 +350,13 @@ fn scratch_f32(scratch: &mut [u8], len: usize) -> Result<(&mut [f32], &mut [u8])
     Ok((f, tail))
 }
 
-/// The f32 path: widen each weight row once (unless it can be borrowed as f32 in
-/// place), then one dot product per activation row.
+/// The f32 path. The reference (scalar kernel, one task) widens each weight row once into
+/// the scratch (unless it can be borrowed as f32 in place), then takes one dot product
+/// per activation row. Split across tasks, or with SIMD kernels, each task decodes as it
+/// goes ([`gemm::f32_rows`]), to the same bits.
 fn matmul_f32(
+    kernel: F32Kernel,
+    exec: &mut dyn Executor,
     w: &Weights,
     x: &[f32],
     n: usize,
@@ -308,13 +364,25 @@ fn matmul_f32(
     scratch: &mut [u8],
 ) -> Result<(), Error> {
     let (rows, cols) = (w.rows, w.cols);
-    let (buf, _) = scratch_f32(scratch, cols)?;
     let rb = w.row_bytes();
     if rb == 0 {
         // cols == 0: y = 0 (+ bias).
         y.fill(0.0);
         return Ok(());
     }
+    let tasks = task_count(
+        exec,
+        rows.div_ceil(4),
+        n.saturating_mul(rows).saturating_mul(cols),
+    );
+    if kernel != F32Kernel::Scalar || tasks > 1 {
+        let out = SharedMut::new(y);
+        for_pieces(exec, rows, tasks, 4, &|range| {
+            gemm::f32_rows(kernel, w, x, n, range, &out)
+        });
+        return Ok(());
+    }
+    let (buf, _) = scratch_f32(scratch, cols)?;
     for (r, wrow) in w.data.chunks_exact(rb).enumerate() {
         // Payloads in an image are 64-byte aligned and f32 rows stay 4-aligned, so on
         // little-endian targets an F32 row is used where it lies.
@@ -345,19 +413,33 @@ fn matmul_f32(
 /// `len/16` rather than `len`.
 #[inline]
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let (ac, at) = a.as_chunks::<16>();
-    let (bc, bt) = b.as_chunks::<16>();
+    let len = a.len().min(b.len());
+    let full = len / 16 * 16;
     let mut acc = [0f32; 16];
+    lane_sums16(&mut acc, &a[..full], &b[..full]);
+    let mut tail = 0f32;
+    for (x, y) in a[full..len].iter().zip(&b[full..len]) {
+        tail += x * y;
+    }
+    tree16(&mut acc) + tail
+}
+
+/// `acc[k] += a[16c + k]·b[16c + k]` over the whole 16-value chunks of `a` and `b`: the
+/// lane sums of [`dot_f32`], which every f32 kernel reproduces.
+#[inline(always)]
+pub(crate) fn lane_sums16(acc: &mut [f32; 16], a: &[f32], b: &[f32]) {
+    let (ac, _) = a.as_chunks::<16>();
+    let (bc, _) = b.as_chunks::<16>();
     for (x, y) in ac.iter().zip(bc) {
         for k in 0..16 {
             acc[k] += x[k] * y[k];
         }
     }
-    let mut tail = 0f32;
-    for (x, y) in at.iter().zip(bt) {
-        tail += x * y;
-    }
-    // Pairwise reduction of the lanes.
+}
+
+/// Pairwise reduction of the 16 lane sums (lanes `k` and `k + w` for w = 8, 4, 2, 1).
+#[inline(always)]
+pub(crate) fn tree16(acc: &mut [f32; 16]) -> f32 {
     let mut w = 16;
     while w > 1 {
         w /= 2;
@@ -365,7 +447,7 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
             acc[k] += acc[k + w];
         }
     }
-    acc[0] + tail
+    acc[0]
 }
 
 /// Quantize one activation row to Q8_0 codes and f32 block scales, exactly as ggml's
@@ -381,7 +463,10 @@ pub fn quantize_act_q8_0(x: &[f32], codes: &mut [u8], scales: &mut [f32]) {
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         *s = half::f16::from_f32(d).to_f32();
         for (c, &v) in cb.iter_mut().zip(xb) {
-            let p = v * id;
+            // |v·id| <= 127 up to rounding for finite scales; the clamp only matters when
+            // 1/d overflowed (amax below ~4e-37), and keeps the integer steps below
+            // from overflowing. NaN stays NaN and converts to 0.
+            let p = (v * id).clamp(-127.0, 127.0);
             // roundf: truncate, then step away from zero on a fraction of at least 1/2
             // (both steps are exact for |p| <= 127).
             let t = p as i32;
@@ -392,10 +477,12 @@ pub fn quantize_act_q8_0(x: &[f32], codes: &mut [u8], scales: &mut [f32]) {
     }
 }
 
-/// The W8A8 path: quantize all `n` activation rows once, then per weight row (its block
-/// scales widened once) one int8 dot per activation row. (Grouping four activation rows
-/// per weight block measured 2x slower on baseline x86-64: too few registers.)
+/// The W8A8 path: quantize all `n` activation rows once (laid out for the kernel), then
+/// split the weight rows across tasks; the reference kernel takes, per weight row, one
+/// int8 dot per activation row ([`dot_q8_row`]).
 fn matmul_q8_0(
+    kernel: Q8Kernel,
+    exec: &mut dyn Executor,
     w: &Weights,
     x: &[f32],
     n: usize,
@@ -405,9 +492,9 @@ fn matmul_q8_0(
     let (rows, cols) = (w.rows, w.cols);
     let nb = cols / QK;
     let (scales, rest) = scratch_f32(scratch, (n + 1) * nb)?;
-    let (wscales, scales) = scales.split_at_mut_checked(nb).ok_or(Error::Length {
+    let scales = scales.get_mut(..n * nb).ok_or(Error::Length {
         what: "linear scratch",
-        expected: nb,
+        expected: n * nb,
         got: 0,
     })?;
     let codes = rest.get_mut(..n * cols).ok_or(Error::Length {
@@ -419,49 +506,57 @@ fn matmul_q8_0(
         y.fill(0.0);
         return Ok(());
     }
-    for ((xr, cr), sr) in x
-        .chunks_exact(cols)
-        .zip(codes.chunks_exact_mut(cols))
-        .zip(scales.chunks_exact_mut(nb))
-    {
-        quantize_act_q8_0(xr, cr, sr);
-    }
-    let codes = &*codes;
-    let scales = &*scales;
-    for (r, wrow) in w.data.chunks_exact(nb * B34).enumerate() {
-        let (wblocks, _) = wrow.as_chunks::<B34>();
-        for (ws, wb) in wscales.iter_mut().zip(wblocks) {
-            *ws = f16_to_f32(u16::from_le_bytes([wb[0], wb[1]]));
-        }
-        let wscales = &*wscales;
-        for (i, (cr, sr)) in codes
-            .chunks_exact(cols)
-            .zip(scales.chunks_exact(nb))
-            .enumerate()
-        {
-            let (ablocks, _) = cr.as_chunks::<QK>();
-            let mut acc = 0f32;
-            for (((wb, &dw), ab), &da) in wblocks.iter().zip(wscales).zip(ablocks).zip(sr) {
-                let [_, _, qw @ ..] = wb;
-                acc += (dw * da) * isum_i8(qw, ab) as f32;
-            }
-            if let Some(o) = y.get_mut(i * rows + r) {
-                *o = acc;
-            }
-        }
-    }
+    let lay = ActLayout::new(kernel, n);
+    gemm::quantize_acts(kernel, x, cols, lay, codes, scales);
+    let (codes, scales) = (&*codes, &*scales);
+    let tasks = task_count(
+        exec,
+        rows.div_ceil(8),
+        n.saturating_mul(rows).saturating_mul(cols),
+    );
+    let out = SharedMut::new(y);
+    for_pieces(exec, rows, tasks, 8, &|range| {
+        gemm::q8_rows(kernel, w, lay, codes, scales, n, range, &out)
+    });
     Ok(())
 }
 
-/// Exact int32 sum of the products of two blocks of int8 codes (stored as bytes).
-/// |sum| <= 32·128·128 = 2^19, so i32 cannot overflow.
+/// One Q8_0 weight row (`nb` blocks of 34 bytes) against one quantized activation row:
+/// per block the exact int32 dot product, then `acc += (d_w·d_a)·isum` in f32, block
+/// after block. Every Q8_0 kernel reproduces this sequence of roundings.
 #[inline(always)]
-fn isum_i8(a: &[u8; QK], b: &[u8; QK]) -> i32 {
-    let mut s = 0i32;
-    for (&x, &y) in a.iter().zip(b) {
-        s += i32::from(x as i8) * i32::from(y as i8);
+pub(crate) fn dot_q8_row(wrow: &[u8], codes: &[u8], scales: &[f32]) -> f32 {
+    // On 32-bit Arm the block length is hidden from the optimiser: a loop of known length
+    // 32 is unrolled into 4-lane `vldrb.s32`/`vmlava.u32` on Helium (4 MACs an
+    // instruction), while an opaque length gives the tail-predicated `vldrb.8` /
+    // `vmlava.s8` loop (16 MACs an instruction). Elsewhere the constant is better.
+    #[cfg(target_arch = "arm")]
+    let qk = core::hint::black_box(QK);
+    #[cfg(not(target_arch = "arm"))]
+    let qk = QK;
+    let (wblocks, _) = wrow.as_chunks::<B34>();
+    let (ablocks, _) = codes.as_chunks::<QK>();
+    let mut acc = 0f32;
+    for ((wb, ab), &da) in wblocks.iter().zip(ablocks).zip(scales) {
+        let [d0, d1, qw @ ..] = wb;
+        let dw = f16_to_f32(u16::from_le_bytes([*d0, *d1]));
+        let (qw, ab) = (
+            qw.get(..qk).unwrap_or_default(),
+            ab.get(..qk).unwrap_or_default(),
+        );
+        acc += (dw * da) * isum_i8(qw, ab) as f32;
     }
-    s
+    acc
+}
+
+/// Exact int32 sum of the products of two runs of int8 codes (stored as bytes) of at
+/// most one block: |sum| <= 32·128·128 = 2^19, so i32 cannot overflow.
+#[inline(always)]
+fn isum_i8(a: &[u8], b: &[u8]) -> i32 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| i32::from(x as i8) * i32::from(y as i8))
+        .sum()
 }
 
 #[cfg(test)]

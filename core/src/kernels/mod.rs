@@ -1,22 +1,30 @@
-//! Reference compute kernels: linear layers over every stored weight format
-//! ([`mod@linear`]), element-wise math and normalisation ([`math`]), and the small number
-//! conversions and parameter views they share.
+//! Compute kernels: linear layers over every stored weight format ([`mod@linear`]),
+//! convolutions, attention, element-wise math and normalisation ([`math`]), the small
+//! number conversions and parameter views they share, the CPU-feature dispatch
+//! ([`cpu`]) and the splitting of work across an executor ([`par`]).
 //!
-//! These are the plain scalar versions that optimized kernels will be tested against.
-//! They are written as slice loops over fixed-size chunks so LLVM can vectorise them, and
-//! they check every length up front so the loops themselves cannot fail.
+//! Every kernel has a plain scalar version, written as slice loops over fixed-size chunks
+//! so LLVM can vectorise it, that checks every length up front so the loops themselves
+//! cannot fail. SIMD versions ([`x86`] on x86_64, `sdot` through `dotprod` on aarch64)
+//! are chosen at run time from [`cpu::Cpu::active`] and give the same results to the bit.
 
 pub mod attention;
 pub mod conv;
+pub mod cpu;
+mod gemm;
 pub mod linear;
 pub mod math;
+pub mod par;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
 
 use glimpse_quant::DType;
 
 use crate::error::{Dims, Error, tensor_name};
 use crate::image::TensorView;
 
-pub use linear::{Weights, linear, linear_scratch_bytes};
+pub use cpu::Cpu;
+pub use linear::{Weights, linear, linear_scratch_bytes, linear_vec_with, linear_with};
 
 /// IEEE binary16 bits to f32, exactly, without branches (so a loop over it vectorises).
 ///

@@ -1,5 +1,12 @@
 //! glimpse-host, the std port: weights images memory-mapped from files (read-only and
-//! zero-copy, so the page cache is the only copy), and writing images to disk safely.
+//! zero-copy, so the page cache is the only copy), writing images to disk safely, a
+//! thread-pool [`Executor`](glimpse_hal::Executor) ([`ThreadPool`]) and CPU feature
+//! detection for the core's SIMD kernels ([`cpu`]).
+
+pub mod cpu;
+pub mod pool;
+
+pub use pool::{ThreadPool, install_default_pool};
 
 use std::fs::File;
 use std::io::{BufWriter, Write};

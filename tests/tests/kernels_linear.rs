@@ -1,0 +1,305 @@
+//! The SIMD and threaded linear kernels against the scalar reference: every kernel family
+//! the CPU allows (AVX2, AVX-512 VNNI, ... chosen by narrowing the installed features),
+//! every weight format, awkward shapes (rows not a multiple of the tiles, activation rows
+//! not a multiple of the packed groups), adversarial codes, and 1, 2, 3 and 7 threads.
+//! The contract is bit-identical output, so every comparison is on the bits.
+
+use glimpse_core::kernels::Vector;
+use glimpse_core::kernels::cpu::{Cpu, F32Kernel, Q8Kernel};
+use glimpse_core::kernels::linear::{
+    Weights, linear_scratch_bytes, linear_vec, linear_vec_on, row_bytes,
+};
+use glimpse_hal::{Executor, Sequential};
+use glimpse_host::ThreadPool;
+use glimpse_quant::DType;
+use glimpse_quant::blocks::quantize_row;
+
+/// Deterministic values (xorshift), roughly normal, times `scale`.
+fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            let mut u = 0f32;
+            for _ in 0..4 {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                u += (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+            }
+            u * 1.7 * scale
+        })
+        .collect()
+}
+
+fn encode(dtype: DType, w: &[f32], rows: usize, cols: usize) -> Vec<u8> {
+    let rb = row_bytes(dtype, cols).unwrap();
+    let mut out = vec![0u8; rows * rb];
+    for (src, dst) in w.chunks_exact(cols).zip(out.chunks_exact_mut(rb)) {
+        quantize_row(dtype, src, dst).unwrap();
+    }
+    out
+}
+
+/// The CPU feature sets to compare: everything active, and each narrower family the
+/// active set contains (so every kernel this machine can run is exercised).
+fn cpu_variants() -> Vec<Cpu> {
+    let active = glimpse_host::cpu::install(None);
+    let mut v = vec![active];
+    let narrower = [
+        active.without(Cpu::AVX512VNNI),
+        active.without(Cpu::AVX512VNNI.union(Cpu::AVXVNNI)),
+        active.without(Cpu::AVX512F),
+        Cpu::AVX2.union(Cpu::F16C).union(Cpu::FMA).usable(),
+    ];
+    for c in narrower {
+        if !v
+            .iter()
+            .any(|x| x.q8_kernel() == c.q8_kernel() && x.f32_kernel() == c.f32_kernel())
+        {
+            v.push(c);
+        }
+    }
+    v
+}
+
+fn run_on(
+    cpu: Cpu,
+    exec: &mut dyn Executor,
+    w: &Weights,
+    bias: Option<&Vector>,
+    x: &[f32],
+    n: usize,
+) -> Vec<f32> {
+    let mut y = vec![f32::NAN; n * w.rows];
+    let mut scratch = vec![0u8; linear_scratch_bytes(w, n)];
+    linear_vec_on(cpu, exec, w, bias, x, n, &mut y, &mut scratch).unwrap();
+    y
+}
+
+fn assert_bits(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (k, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g.to_bits(), w.to_bits(), "{what}: element {k}: {g} vs {w}");
+    }
+}
+
+const FORMATS: [DType; 7] = [
+    DType::Q8_0,
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+    DType::E4M3,
+    DType::E5M2,
+    DType::MxFp8,
+];
+
+#[test]
+fn every_kernel_is_bit_identical_to_the_reference() {
+    let cpus = cpu_variants();
+    for c in &cpus {
+        println!(
+            "kernels: {c:?} -> q8 {}, f32 {}",
+            c.q8_kernel().name(),
+            c.f32_kernel().name()
+        );
+    }
+    // rows: under a GEMV tile, not a multiple of 8 or 4; n: 1 (GEMV), under / at /
+    // past the 8- and 16-row packed groups, several groups plus a tail.
+    let shapes = [(5, 64), (8, 32), (27, 96), (64, 160), (19, 256)];
+    let ns = [1usize, 2, 7, 8, 9, 16, 17, 33, 40];
+    for dtype in FORMATS {
+        for &(rows, cols) in &shapes {
+            let w = values(rows * cols, rows as u64 * 31 + cols as u64, 0.05);
+            let data = encode(dtype, &w, rows, cols);
+            let wm = Weights::new(dtype, rows, cols, &data).unwrap();
+            for &n in &ns {
+                let x = values(n * cols, 1000 + n as u64, 1.0);
+                let want = run_on(Cpu::SCALAR, &mut Sequential, &wm, None, &x, n);
+                for &c in &cpus {
+                    let got = run_on(c, &mut Sequential, &wm, None, &x, n);
+                    assert_bits(&got, &want, &format!("{dtype:?} {rows}x{cols} n={n} {c:?}"));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn element_formats_with_column_tails() {
+    // cols not a multiple of 16: the SIMD tiles leave a sequential tail.
+    let cpus = cpu_variants();
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        for cols in [1usize, 15, 17, 40, 100] {
+            let rows = 9;
+            let w = values(rows * cols, cols as u64, 0.1);
+            let data = encode(dtype, &w, rows, cols);
+            let wm = Weights::new(dtype, rows, cols, &data).unwrap();
+            for n in [1usize, 3] {
+                let x = values(n * cols, 7, 1.0);
+                let want = run_on(Cpu::SCALAR, &mut Sequential, &wm, None, &x, n);
+                for &c in &cpus {
+                    let got = run_on(c, &mut Sequential, &wm, None, &x, n);
+                    assert_bits(&got, &want, &format!("{dtype:?} cols={cols} n={n} {c:?}"));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn adversarial_q8_codes_stay_exact() {
+    // Weight codes of -128 (never written by our quantizer, but legal bytes in an
+    // image) against activations of ±127 maximise every partial sum the sign trick and
+    // vpmaddubsw form: 2·128·127 must not saturate an i16. Zero blocks and a huge scale
+    // (f16 65504) exercise the float side.
+    let (rows, cols) = (24, 128);
+    let nb = cols / 32;
+    let mut data = vec![0u8; rows * nb * 34];
+    for (r, row) in data.chunks_exact_mut(nb * 34).enumerate() {
+        for (b, blk) in row.chunks_exact_mut(34).enumerate() {
+            let d = match (r + b) % 4 {
+                0 => half::f16::from_f32(65504.0),
+                1 => half::f16::from_f32(1e-7),
+                _ => half::f16::from_f32(0.01 * (r + 1) as f32),
+            };
+            blk[..2].copy_from_slice(&d.to_le_bytes());
+            for (k, q) in blk[2..].iter_mut().enumerate() {
+                *q = match (r + k) % 3 {
+                    0 => 0x80,
+                    1 => 0x7f,
+                    _ => (k as u8).wrapping_mul(37),
+                };
+            }
+        }
+    }
+    let wm = Weights::new(DType::Q8_0, rows, cols, &data).unwrap();
+    for n in [1usize, 16, 35] {
+        let mut x = values(n * cols, 3, 1.0);
+        for (k, v) in x.iter_mut().enumerate() {
+            match k % 5 {
+                // Blocks whose amax sits at both signs quantize to ±127.
+                0 => *v = 100.0,
+                1 => *v = -100.0,
+                _ => {}
+            }
+        }
+        // One all-zero activation block (scale 0).
+        x[..32].fill(0.0);
+        let want = run_on(Cpu::SCALAR, &mut Sequential, &wm, None, &x, n);
+        for c in cpu_variants() {
+            let got = run_on(c, &mut Sequential, &wm, None, &x, n);
+            assert_bits(&got, &want, &format!("adversarial n={n} {c:?}"));
+        }
+    }
+}
+
+#[test]
+fn every_fp8_code_decodes_like_the_table() {
+    // A weight matrix holding each of the 256 codes (NaN codes included) in each
+    // position mod 16, times a one-hot activation per column: the output is exactly the
+    // decoded weight, so the SIMD f16 trick must agree with the 256-entry table.
+    let (rows, cols) = (16, 256);
+    for dtype in [DType::E4M3, DType::E5M2, DType::MxFp8] {
+        let bsz = dtype.block_bytes();
+        let nb = cols / 32;
+        let mut data = vec![0u8; rows * nb * bsz];
+        for (r, row) in data.chunks_exact_mut(nb * bsz).enumerate() {
+            for (b, blk) in row.chunks_exact_mut(bsz).enumerate() {
+                let head = bsz - 32;
+                if head == 2 {
+                    blk[..2].copy_from_slice(&half::f16::from_f32(0.75).to_le_bytes());
+                } else {
+                    blk[0] = 126; // E8M0 2^-1
+                }
+                for (k, q) in blk[head..].iter_mut().enumerate() {
+                    *q = ((b * 32 + k + r * 16) % 256) as u8;
+                }
+            }
+        }
+        let wm = Weights::new(dtype, rows, cols, &data).unwrap();
+        let n = 4;
+        let mut x = vec![0f32; n * cols];
+        for i in 0..n {
+            x[i * cols + (i * 67) % cols] = 1.0;
+        }
+        let want = run_on(Cpu::SCALAR, &mut Sequential, &wm, None, &x, n);
+        for c in cpu_variants() {
+            let got = run_on(c, &mut Sequential, &wm, None, &x, n);
+            for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                // NaN payloads are not part of the contract; NaN-ness is.
+                if w.is_nan() {
+                    assert!(g.is_nan(), "{dtype:?} {c:?} element {k}");
+                } else {
+                    assert_eq!(g.to_bits(), w.to_bits(), "{dtype:?} {c:?} element {k}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn threads_do_not_change_a_bit() {
+    let mut pools: Vec<ThreadPool> = [1, 2, 3, 7]
+        .into_iter()
+        .map(|t| ThreadPool::new(t).unwrap())
+        .collect();
+    let (rows, cols) = (203, 320);
+    let bias_v = values(rows, 9, 0.5);
+    let bias = Vector::from_f32(&bias_v);
+    for dtype in FORMATS {
+        let w = values(rows * cols, 17, 0.05);
+        let data = encode(dtype, &w, rows, cols);
+        let wm = Weights::new(dtype, rows, cols, &data).unwrap();
+        for n in [1usize, 5, 37] {
+            let x = values(n * cols, 23 + n as u64, 1.0);
+            // The reference: scalar kernel, one task, through the public entry point.
+            let mut want = vec![0f32; n * rows];
+            let mut scratch = vec![0u8; linear_scratch_bytes(&wm, n)];
+            glimpse_core::kernels::linear::linear_vec_on(
+                Cpu::SCALAR,
+                &mut Sequential,
+                &wm,
+                Some(&bias),
+                &x,
+                n,
+                &mut want,
+                &mut scratch,
+            )
+            .unwrap();
+            for pool in pools.iter_mut() {
+                for c in [Cpu::SCALAR, Cpu::active()] {
+                    let got = run_on(c, pool, &wm, Some(&bias), &x, n);
+                    assert_bits(
+                        &got,
+                        &want,
+                        &format!("{dtype:?} n={n} {} threads {c:?}", pool.threads()),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_default_entry_point_uses_the_active_kernels() {
+    let active = glimpse_host::cpu::install(None);
+    let (rows, cols) = (16, 64);
+    let w = values(rows * cols, 1, 0.1);
+    let data = encode(DType::Q8_0, &w, rows, cols);
+    let wm = Weights::new(DType::Q8_0, rows, cols, &data).unwrap();
+    let x = values(cols * 20, 2, 1.0);
+    let mut y = vec![0f32; 20 * rows];
+    let mut s = vec![0u8; linear_scratch_bytes(&wm, 20)];
+    linear_vec(&wm, None, &x, 20, &mut y, &mut s).unwrap();
+    assert_bits(
+        &y,
+        &run_on(active, &mut Sequential, &wm, None, &x, 20),
+        "linear_vec",
+    );
+    // On an x86_64 host with AVX2 the fast kernels must actually be chosen.
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c") {
+        assert_ne!(active.q8_kernel(), Q8Kernel::Scalar);
+        assert_ne!(active.f32_kernel(), F32Kernel::Scalar);
+    }
+}
