@@ -1,0 +1,409 @@
+//! The bare-metal ports in QEMU (`glimpse sim`): SmolLM2-135M-Instruct (the Q4_1 GGUF
+//! asset, converted to Q8_0 here) runs on the aarch64 `virt` firmware and on the
+//! Cortex-M55 `mps3-an547` firmware, and each port's generated ids must equal the host's
+//! (`glimpse run --json`, same image, prompt and settings) and its output the golden file
+//! `tests/expected/<port>/<case>.txt` (`GLIMPSE_BLESS=1` rewrites those). A weights image
+//! with one flipped payload byte must make both firmwares exit non-zero, naming the
+//! checksum.
+//!
+//! Greedy decoding on both sides, so "identical" is exact: the firmware and the host run
+//! the same core code, and W8A8 Q8_0 dot products are integer sums, so the only float
+//! differences possible come from per-target kernel order, which a mismatch here exposes.
+//!
+//! Cost (QEMU with -icount shift=0 on one host core): QEMU emulates Helium instructions
+//! through per-element helpers, so the M55 runs the short raw prompt only (about 40 s);
+//! the aarch64 port also runs a chat-templated prompt (about 15 s).
+//!
+//! Without QEMU these tests skip with a message, unless `GLIMPSE_REQUIRE_QEMU=1` (CI).
+
+mod tokenizer_common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use glimpse_bare::memory::QEMU_VIRT;
+use glimpse_bare::request::Request;
+use glimpse_bare::{NoCounter, exit, serve};
+use glimpse_core::preprocess::Frame;
+use glimpse_hal::PixelFormat;
+use glimpse_tests::{AlignedBytes, workspace_root};
+use glimpse_tools::convert::{Options, convert};
+use glimpse_tools::sim::{self, Port, SimOptions, SimOutcome};
+use glimpse_tools::{KeepArg, QuantArg};
+use tokenizer_common::{asset, smollm2_gguf};
+
+/// QEMU for `port`, or a skip (a failure with `GLIMPSE_REQUIRE_QEMU=1`).
+fn require_qemu(port: Port) -> bool {
+    if sim::qemu_available(port) {
+        return true;
+    }
+    if std::env::var("GLIMPSE_REQUIRE_QEMU").as_deref() == Ok("1") {
+        panic!(
+            "{} missing (GLIMPSE_REQUIRE_QEMU=1); run tests/scripts/install_qemu.sh",
+            port.qemu()
+        );
+    }
+    eprintln!("skipping: {} is not installed", port.qemu());
+    false
+}
+
+/// The SmolLM2 GGUF converted to a Q8_0 image file, once per test run.
+fn smollm2_image() -> Option<&'static Path> {
+    static IMAGE: OnceLock<Option<(tempfile::TempDir, PathBuf)>> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let gguf = asset(smollm2_gguf())?;
+            let dir = tempfile::tempdir().expect("tempdir");
+            let output = dir.path().join("smollm2-135m-q8_0.glim");
+            let opts = Options {
+                input: gguf,
+                output: output.clone(),
+                quant: QuantArg::Q8_0,
+                keep: KeepArg::F32,
+                config: None,
+                tokenizer: None,
+                progress: false,
+            };
+            convert(&opts).unwrap_or_else(|e| panic!("converting SmolLM2: {e:#}"));
+            Some((dir, output))
+        })
+        .as_ref()
+        .map(|(_, p)| p.as_path())
+}
+
+/// One prompt, as both the host and the firmware are given it.
+struct Case {
+    name: &'static str,
+    prompt: &'static str,
+    system: Option<&'static str>,
+    raw: bool,
+    max_tokens: u32,
+}
+
+/// "The capital of France is" continued without a template: five prompt tokens.
+const RAW: Case = Case {
+    name: "smollm2_raw",
+    prompt: "The capital of France is",
+    system: None,
+    raw: true,
+    max_tokens: 4,
+};
+
+/// A chat turn with the system turn left out (the default system prompt would add 20
+/// tokens of prefill): sixteen prompt tokens, control tokens included.
+const CHAT: Case = Case {
+    name: "smollm2_chat",
+    prompt: "What is the capital of France?",
+    system: Some(""),
+    raw: false,
+    max_tokens: 6,
+};
+
+/// The `glimpse` binary Cargo built beside this test (`cargo test --workspace` builds it
+/// for the tools package's own tests).
+fn glimpse_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join(format!("glimpse{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "{} not built; run `cargo build --release -p glimpse-tools` or `cargo test --workspace`",
+        bin.display()
+    );
+    bin
+}
+
+/// The host port's ids for `case` on `image`: `glimpse run --json`.
+fn host_tokens(image: &Path, case: &Case) -> Vec<u32> {
+    let mut cmd = Command::new(glimpse_bin());
+    cmd.arg("run")
+        .arg(image)
+        .arg("--prompt")
+        .arg(case.prompt)
+        .arg("--max-tokens")
+        .arg(case.max_tokens.to_string())
+        .arg("--json");
+    if case.raw {
+        cmd.arg("--raw");
+    }
+    if let Some(s) = case.system {
+        cmd.arg("--system").arg(s);
+    }
+    let out = cmd.output().expect("running glimpse run");
+    assert!(
+        out.status.success(),
+        "glimpse run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON line from glimpse run:\n{stdout}"));
+    let v: serde_json::Value = serde_json::from_str(json).expect("glimpse run JSON");
+    v["tokens"]
+        .as_array()
+        .expect("tokens array")
+        .iter()
+        .map(|t| t.as_u64().expect("token id") as u32)
+        .collect()
+}
+
+fn simulate(port: Port, image: &Path, case: &Case, label: &str) -> SimOutcome {
+    let mut opts = SimOptions::new(port, image, case.prompt);
+    opts.system = case.system.map(str::to_string);
+    opts.raw = case.raw;
+    opts.max_tokens = case.max_tokens;
+    // Generous: the M55 case takes about 40 s alone, and CI may run two at once.
+    opts.timeout = Duration::from_secs(900);
+    let out = sim::simulate(&opts).unwrap_or_else(|e| panic!("glimpse sim {}: {e:#}", port.name()));
+    eprintln!(
+        "{} {label}: exit {}, {:.1} s wall, {} instructions",
+        port.name(),
+        out.exit_code,
+        out.wall.as_secs_f64(),
+        out.instructions().map_or("no".into(), |n| n.to_string())
+    );
+    out
+}
+
+/// `tests/expected/<port>/<case>.txt`; rewritten instead of checked with GLIMPSE_BLESS=1.
+fn check_golden(port: Port, case: &str, out: &SimOutcome) {
+    let path = workspace_root()
+        .join("tests")
+        .join("expected")
+        .join(port.name())
+        .join(format!("{case}.txt"));
+    if sim::bless_from_env() {
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("creating tests/expected");
+        std::fs::write(&path, out.golden()).expect("writing the golden file");
+        eprintln!("blessed {}", path.display());
+        return;
+    }
+    if let Err(e) = sim::check_expected(&path, &out.golden()) {
+        panic!(
+            "{} {case}: {e:#}\nfull output:\n{}",
+            port.name(),
+            out.output
+        );
+    }
+}
+
+fn run_case(port: Port, case: &Case) {
+    if !require_qemu(port) {
+        return;
+    }
+    let Some(image) = smollm2_image() else {
+        return;
+    };
+    let host = host_tokens(image, case);
+    assert_eq!(
+        host.len(),
+        case.max_tokens as usize,
+        "host run stopped early"
+    );
+    let out = simulate(port, image, case, case.name);
+    assert_eq!(
+        out.exit_code,
+        exit::SUCCESS,
+        "{} exited {}:\n{}",
+        port.name(),
+        out.exit_code,
+        out.output
+    );
+    assert!(
+        out.instructions().is_some_and(|n| n > 0),
+        "no instruction count:\n{}",
+        out.output
+    );
+    let device = out
+        .tokens()
+        .unwrap_or_else(|| panic!("no tokens line:\n{}", out.output));
+    assert_eq!(
+        device,
+        host,
+        "{} {}: ids differ from the host's",
+        port.name(),
+        case.name
+    );
+    check_golden(port, case.name, &out);
+}
+
+#[test]
+fn qemu_virt_raw_prompt_matches_host() {
+    run_case(Port::QemuVirt, &RAW);
+}
+
+#[test]
+fn qemu_virt_chat_prompt_matches_host() {
+    run_case(Port::QemuVirt, &CHAT);
+}
+
+#[test]
+fn mps3_an547_raw_prompt_matches_host() {
+    run_case(Port::Mps3An547, &RAW);
+}
+
+/// A copy of `image` with one byte flipped in the middle of the file (inside a tensor
+/// payload: the data region is nearly all of a model image).
+fn corrupted(image: &Path) -> (tempfile::TempDir, PathBuf) {
+    let mut bytes = std::fs::read(image).expect("reading the image");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("corrupt.glim");
+    std::fs::write(&path, &bytes).expect("writing the corrupt image");
+    (dir, path)
+}
+
+#[test]
+fn corrupt_weights_exit_nonzero_on_both_ports() {
+    let ports: Vec<Port> = Port::ALL.into_iter().filter(|&p| require_qemu(p)).collect();
+    if ports.is_empty() {
+        return;
+    }
+    let Some(image) = smollm2_image() else {
+        return;
+    };
+    let (_dir, bad) = corrupted(image);
+    for port in ports {
+        let out = simulate(port, &bad, &RAW, "corrupt_weights");
+        assert_eq!(
+            out.exit_code,
+            exit::FAILURE,
+            "{} accepted a corrupt image:\n{}",
+            port.name(),
+            out.output
+        );
+        assert!(
+            out.output.contains("error: weights image: tensor #")
+                && out.output.contains("payload checksum mismatch"),
+            "{}: unclear error:\n{}",
+            port.name(),
+            out.output
+        );
+        assert!(
+            out.tokens().is_none(),
+            "generated from a corrupt image:\n{}",
+            out.output
+        );
+        check_golden(port, "corrupt_weights", &out);
+    }
+}
+
+/// The firmware's whole flow (`glimpse_bare::serve`: request blob, verification, run,
+/// console lines) on the host, without QEMU: the ids must equal `glimpse run`'s, and the
+/// lines must be the ones the golden files and `glimpse sim` read.
+#[test]
+fn bare_runner_on_the_host_matches_glimpse_run() {
+    let Some(image) = smollm2_image() else {
+        return;
+    };
+    let weights = AlignedBytes::new(&std::fs::read(image).expect("reading the image"));
+    let case = &CHAT;
+    let host = host_tokens(image, case);
+    let mut req = Request::text(
+        case.prompt,
+        case.max_tokens,
+        weights.as_slice().len() as u64,
+    );
+    req.system = case.system;
+    let mut blob = vec![0u8; req.encoded_len().unwrap()];
+    req.encode(&mut blob).unwrap();
+    // The arena size is the board's business; 64 MiB is far more than 22 positions need.
+    let mut arena = vec![0u8; 64 << 20];
+    let mut out = String::new();
+    let code = serve(
+        &QEMU_VIRT,
+        &blob,
+        weights.as_slice(),
+        &mut arena,
+        &mut out,
+        &mut NoCounter,
+        "none",
+    );
+    assert_eq!(code, exit::SUCCESS, "{out}");
+    assert_eq!(sim::parse_tokens(&out), Some(host), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("request: 30 prompt bytes, max 6 tokens, greedy"),
+        "{out}"
+    );
+    assert!(lines[1].starts_with("text: "), "{out}");
+    assert!(
+        out.contains("\nprompt: 16 tokens; generated 6 (token budget)\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\ninstructions: 0 (verify 0, prefill 0, decode 0) [none]\n"),
+        "{out}"
+    );
+    let stats = lines
+        .iter()
+        .find(|l| l.starts_with("stats: arena "))
+        .expect("stats line");
+    let peak: usize = stats["stats: arena ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(peak > 0 && peak <= arena.len(), "{stats}");
+
+    // Refusals: each a clear line and the failure code, never a panic.
+    let refuse = |blob: &[u8], weights: &[u8], arena: &mut [u8], want: &str| {
+        let mut out = String::new();
+        let code = serve(
+            &QEMU_VIRT,
+            blob,
+            weights,
+            arena,
+            &mut out,
+            &mut NoCounter,
+            "none",
+        );
+        assert_eq!(code, exit::FAILURE, "{out}");
+        let last = out.lines().last().unwrap_or("");
+        assert!(
+            last.starts_with("error: ") && last.contains(want),
+            "want {want:?}:\n{out}"
+        );
+    };
+    refuse(
+        &[0u8; 256],
+        weights.as_slice(),
+        &mut arena,
+        "no request blob",
+    );
+    let mut stale = blob.clone();
+    *stale.last_mut().unwrap() ^= 1;
+    refuse(&stale, weights.as_slice(), &mut arena, "checksum");
+    // The request names more weights than the window holds.
+    let short = &weights.as_slice()[..weights.as_slice().len() - 1];
+    refuse(&blob, short, &mut arena, "does not fit the board's");
+    refuse(
+        &blob,
+        weights.as_slice(),
+        &mut arena[..1 << 20],
+        "arena too small",
+    );
+    let pixels = [0u8; 2 * 2 * 3];
+    let mut with_frame = req;
+    with_frame.frame = Some(Frame {
+        width: 2,
+        height: 2,
+        format: PixelFormat::Rgb888,
+        data: &pixels,
+    });
+    let mut blob = vec![0u8; with_frame.encoded_len().unwrap()];
+    with_frame.encode(&mut blob).unwrap();
+    refuse(
+        &blob,
+        weights.as_slice(),
+        &mut arena,
+        "unsupported: camera frames",
+    );
+}
