@@ -6,5 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/scripts/fetch_assets.sh
-export GLIMPSE_REQUIRE_ASSETS=1
+# The bare-metal ports run in QEMU (qemu-system-arm/-aarch64 from bookworm-backports).
+bash tests/scripts/install_qemu.sh
+export GLIMPSE_REQUIRE_ASSETS=1 GLIMPSE_REQUIRE_QEMU=1
 cargo test --workspace --release "$@"
+# `glimpse flash` (probe-rs) is a cargo feature, off by default: its dry-run tests run here.
+cargo test --release -p glimpse-tools --features flash "$@"
