@@ -42,6 +42,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    glimpse_host::cpu::install_from_env().map_or_else(|e| eprintln!("warning: {e}"), drop);
     let result = match cli.command {
         Command::Convert(a) => convert::run(&a),
         Command::Inspect(a) => inspect::run(&a),

@@ -1,4 +1,6 @@
-//! Linear layers `y = x·Wᵀ + b` over every stored weight format: the reference kernels.
+//! Linear layers `y = x·Wᵀ + b` over every stored weight format: the entry points, the
+//! reference arithmetic every kernel reproduces, and the split of output columns across
+//! an executor.
 //!
 //! - F32 / F16 / BF16 weights: f32 math (each weight row widened once, then reused).
 //! - Q8_0: W8A8 as ggml does it (quant-formats.md §1.4): each activation row is quantized
@@ -11,6 +13,11 @@
 //! For `n > 1` activation rows (prefill, 1×1 convolutions over pixels) the loop runs
 //! weight row outer, activation row inner, so every weight row is read and decoded once
 //! per call whatever `n` is.
+//!
+//! The SIMD kernels (`gemm.rs` drivers, `x86.rs` instructions) compute each output with
+//! exactly the reference's sequence of roundings, so every kernel and every executor
+//! gives the same bits: [`linear_vec_on`] picks the kernel family, [`linear_vec_with`]
+//! the executor, [`linear_vec`] takes the active CPU features and the default executor.
 
 use glimpse_quant::DType;
 use glimpse_quant::fp8::{E4M3_TO_F32, E5M2_TO_F32, e8m0_to_f32};
