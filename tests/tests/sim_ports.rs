@@ -10,9 +10,15 @@
 //! the same core code, and W8A8 Q8_0 dot products are integer sums, so the only float
 //! differences possible come from per-target kernel order, which a mismatch here exposes.
 //!
-//! Cost (QEMU with -icount shift=0 on one host core): QEMU emulates Helium instructions
-//! through per-element helpers, so the M55 runs the short raw prompt only (about 40 s);
-//! the aarch64 port also runs a chat-templated prompt (about 15 s).
+//! The tiny FastVLM of tests/fixtures/pipeline (converted at f32) is asked about its
+//! picture on both ports: the frame goes through the firmware's Session (preprocess,
+//! FastViTHD, projector, splice, prefill, decode), and the ids must equal the host's
+//! `glimpse run --image`.
+//!
+//! Cost (QEMU with -icount shift=0 on one host core each, two tests at once): QEMU
+//! emulates Helium instructions through per-element helpers, so the M55 runs the short
+//! raw prompt only (about 80 s); the aarch64 port also runs a chat-templated prompt
+//! (about 40 s); the tiny VLM takes a few seconds on each.
 //!
 //! Without QEMU these tests skip with a message, unless `GLIMPSE_REQUIRE_QEMU=1` (CI).
 
@@ -30,6 +36,7 @@ use glimpse_core::preprocess::Frame;
 use glimpse_hal::PixelFormat;
 use glimpse_tests::{AlignedBytes, workspace_root};
 use glimpse_tools::convert::{Options, convert};
+use glimpse_tools::run::load_picture;
 use glimpse_tools::sim::{self, Port, SimOptions, SimOutcome};
 use glimpse_tools::{KeepArg, QuantArg};
 use tokenizer_common::{asset, smollm2_gguf};
@@ -73,6 +80,28 @@ fn smollm2_image() -> Option<&'static Path> {
         .map(|(_, p)| p.as_path())
 }
 
+/// The tiny FastVLM of tests/fixtures/pipeline converted at f32 (as the pipeline tests
+/// convert it) to an image file, once per test run.
+fn tiny_vlm_image() -> &'static Path {
+    static IMAGE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_, path) = IMAGE.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let output = dir.path().join("tiny-fastvlm-f32.glim");
+        let opts = Options {
+            input: workspace_root().join("tests/fixtures/pipeline"),
+            output: output.clone(),
+            quant: QuantArg::F32,
+            keep: KeepArg::F32,
+            config: None,
+            tokenizer: None,
+            progress: false,
+        };
+        convert(&opts).unwrap_or_else(|e| panic!("converting the pipeline fixture: {e:#}"));
+        (dir, output)
+    });
+    path
+}
+
 /// One prompt, as both the host and the firmware are given it.
 struct Case {
     name: &'static str,
@@ -80,6 +109,8 @@ struct Case {
     system: Option<&'static str>,
     raw: bool,
     max_tokens: u32,
+    /// A picture (relative to the workspace root) sent as an RGB888 frame.
+    picture: Option<&'static str>,
 }
 
 /// "The capital of France is" continued without a template: five prompt tokens.
@@ -89,6 +120,7 @@ const RAW: Case = Case {
     system: None,
     raw: true,
     max_tokens: 4,
+    picture: None,
 };
 
 /// A chat turn with the system turn left out (the default system prompt would add 20
@@ -99,6 +131,19 @@ const CHAT: Case = Case {
     system: Some(""),
     raw: false,
     max_tokens: 6,
+    picture: None,
+};
+
+/// The tiny FastVLM asked about its fixture picture (61x47, preprocessed to the model's
+/// native 192x192, nine image tokens) with the template's default system prompt: the
+/// whole Session pipeline on the device. Four tokens keep the M55 run short.
+const VLM: Case = Case {
+    name: "tiny_fastvlm_image",
+    prompt: "Describe the image in one word.",
+    system: None,
+    raw: false,
+    max_tokens: 4,
+    picture: Some("tests/fixtures/pipeline/image.png"),
 };
 
 /// The `glimpse` binary Cargo built beside this test (`cargo test --workspace` builds it
@@ -131,6 +176,9 @@ fn host_tokens(image: &Path, case: &Case) -> Vec<u32> {
     if let Some(s) = case.system {
         cmd.arg("--system").arg(s);
     }
+    if let Some(p) = case.picture {
+        cmd.arg("--image").arg(workspace_root().join(p));
+    }
     let out = cmd.output().expect("running glimpse run");
     assert!(
         out.status.success(),
@@ -157,6 +205,10 @@ fn simulate(port: Port, image: &Path, case: &Case, label: &str) -> SimOutcome {
     opts.system = case.system.map(str::to_string);
     opts.raw = case.raw;
     opts.max_tokens = case.max_tokens;
+    if let Some(p) = case.picture {
+        let pic = load_picture(&workspace_root().join(p)).expect("decoding the picture");
+        opts.frame = Some((pic.width, pic.height, pic.rgb));
+    }
     // Generous: the M55 case takes about 40 s alone, and CI may run two at once.
     opts.timeout = Duration::from_secs(900);
     let out = sim::simulate(&opts).unwrap_or_else(|e| panic!("glimpse sim {}: {e:#}", port.name()));
@@ -196,8 +248,13 @@ fn run_case(port: Port, case: &Case) {
     if !require_qemu(port) {
         return;
     }
-    let Some(image) = smollm2_image() else {
-        return;
+    let image = if case.picture.is_some() {
+        tiny_vlm_image()
+    } else {
+        match smollm2_image() {
+            Some(p) => p,
+            None => return,
+        }
     };
     let host = host_tokens(image, case);
     assert_eq!(
@@ -245,6 +302,16 @@ fn qemu_virt_chat_prompt_matches_host() {
 #[test]
 fn mps3_an547_raw_prompt_matches_host() {
     run_case(Port::Mps3An547, &RAW);
+}
+
+#[test]
+fn qemu_virt_image_question_matches_host() {
+    run_case(Port::QemuVirt, &VLM);
+}
+
+#[test]
+fn mps3_an547_image_question_matches_host() {
+    run_case(Port::Mps3An547, &VLM);
 }
 
 /// A copy of `image` with one byte flipped in the middle of the file (inside a tensor
@@ -338,7 +405,7 @@ fn bare_runner_on_the_host_matches_glimpse_run() {
         "{out}"
     );
     assert!(
-        out.contains("\ninstructions: 0 (verify 0, prefill 0, decode 0) [none]\n"),
+        out.contains("\ninstructions: 0 (verify 0, vision 0, prefill 0, decode 0) [none]\n"),
         "{out}"
     );
     let stats = lines
@@ -404,6 +471,6 @@ fn bare_runner_on_the_host_matches_glimpse_run() {
         &blob,
         weights.as_slice(),
         &mut arena,
-        "unsupported: camera frames",
+        "unsupported: camera frames need a VLM image",
     );
 }

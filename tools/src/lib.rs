@@ -91,10 +91,9 @@ pub enum EncodeStage {
 /// Arguments of `glimpse encode`.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "With --image the picture is padded to a square (black) and resized \
-with a plain bicubic filter when its size differs from the resolution; this does not yet \
-reproduce PIL's resampling bit for bit (a later issue), so for exact comparisons pass an \
-R x R picture or --pixels."
+    after_help = "With --image the picture goes through the core's preprocessing, as on a \
+device: padded to a square with black, centred, resized with a bicubic filter that matches \
+PIL's, and scaled to [0, 1]. --pixels takes an already preprocessed planar 3 x R x R array."
 )]
 pub struct EncodeArgs {
     /// The .glim weights image (with a vision encoder).

@@ -10,9 +10,12 @@
 //! prompt: 31 tokens; generated 8 (token budget)
 //! tokens: 504,3458,...
 //! model: SmolLM2-135M-Instruct
-//! stats: arena 2345678 of 503316480 bytes, weights 144609408 bytes at 0x60000000
-//! instructions: 123456789 (verify 1, prefill 2, decode 3) [source]
+//! stats: arena 2345678 of 503316480 bytes (planned for context 2048, KV f16), weights 144609408 bytes at 0x60000000
+//! instructions: 123456789 (verify 1, vision 0, prefill 2, decode 3) [source]
 //! ```
+//!
+//! With a camera frame the prompt line also counts the image tokens spliced in
+//! (`prompt: 20 tokens + 64 image tokens; ...`).
 //!
 //! Lines starting with one of [`VOLATILE_PREFIXES`] change with the code rather than with
 //! the request (instruction counts, arena sizes); golden files leave them out.
@@ -114,10 +117,13 @@ fn print_report<W: Write>(
     r: &Report<'_>,
     counter_source: &str,
 ) -> fmt::Result {
+    write!(out, "prompt: {} tokens", r.prompt_tokens)?;
+    if r.image_tokens > 0 {
+        write!(out, " + {} image tokens", r.image_tokens)?;
+    }
     writeln!(
         out,
-        "prompt: {} tokens; generated {} ({})",
-        r.prompt_tokens,
+        "; generated {} ({})",
         r.tokens.len(),
         if r.stopped {
             "stop token"
@@ -133,15 +139,21 @@ fn print_report<W: Write>(
     writeln!(out, "model: {}", r.model)?;
     writeln!(
         out,
-        "stats: arena {} of {} bytes, weights {} bytes at {:#x}",
-        r.arena_peak, r.arena_capacity, r.weights_bytes, map.weights.addr
+        "stats: arena {} of {} bytes (planned for context {}, KV {}), weights {} bytes at {:#x}",
+        r.arena_peak,
+        r.arena_capacity,
+        r.context,
+        r.kv.name(),
+        r.weights_bytes,
+        map.weights.addr
     )?;
     let c = &r.counts;
     writeln!(
         out,
-        "{INSTRUCTIONS_PREFIX} {} (verify {}, prefill {}, decode {}) [{counter_source}]",
+        "{INSTRUCTIONS_PREFIX} {} (verify {}, vision {}, prefill {}, decode {}) [{counter_source}]",
         c.total(),
         c.verify,
+        c.vision,
         c.prefill,
         c.decode
     )

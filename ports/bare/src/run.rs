@@ -1,20 +1,22 @@
-//! Running one request on a device: verify the weights image, template and tokenize the
-//! prompt, prefill, sample to a stop token or the token budget, stream every token to a
-//! [`TokenSink`]. Everything lives in the caller's arena.
+//! Running one request on a device: verify the weights image, then hand the request
+//! (prompt, optional camera frame) to the core's [`Session`] over an arena planned the way
+//! the host's `glimpse run` plans it, streaming every token to a [`TokenSink`] and
+//! counting each phase.
 //!
-//! [`run_request`] is the single place a firmware turns a request into tokens, so that
-//! switching text-only runs to the core's VLM `Session` (frames) is a change here only.
-//! Its arithmetic is the host's `glimpse run` step for step (same context size, prefill
-//! chunking, copy of the logits before sampling, sampling history), which is what lets the
-//! simulated ports promise the host's tokens.
+//! [`run_request`] is the single place a firmware turns a request into tokens. It chooses
+//! exactly the session options `glimpse run` chooses by default for the same request
+//! (native resolution, a context of the model's maximum capped at the planner's default,
+//! f16 KV, the default prefill chunk, prompt and frame bounds from the request itself), so
+//! host and firmware run the same plan and arithmetic, which is what lets the simulated
+//! ports promise the host's tokens.
 
 use glimpse_core::Image;
-use glimpse_core::arena::Arena;
-use glimpse_core::chat::{self, Turn};
-use glimpse_core::decoder::{Decoder, DecoderState};
-use glimpse_core::sampler::{Sampler, StopTokens};
-use glimpse_core::tokenizer::{Specials, Tokenizer, TokenizerError, Utf8Stream, Workspace};
-use glimpse_hal::{Error as _, TokenSink};
+use glimpse_core::arena::{ALIGN, Arena};
+use glimpse_core::decoder::{DEFAULT_CHUNK, KvFormat};
+use glimpse_core::planner::{ArenaPlan, Buf, DEFAULT_CONTEXT, DEFAULT_MAX_FRAME_SIDE, PlanOptions};
+use glimpse_core::session::{Session, SessionOptions};
+use glimpse_core::tokenizer::{Specials, Tokenizer, Workspace};
+use glimpse_hal::{MonotonicClock, TokenSink};
 use glimpse_quant::layout::ChatTemplate;
 
 use crate::error::Error;
@@ -23,10 +25,6 @@ use crate::request::Request;
 /// Longest pre-tokenized piece (a run of spaces or digits, a word) the device tokenizes;
 /// prompts come from a host, so this is a buffer size, not a limit users meet.
 pub const MAX_PIECE_BYTES: usize = 1024;
-
-/// Bytes the chat template may add around the user's text and the system prompt (the
-/// `<|im_start|>` markers, role names, and a default system prompt of at most 128 bytes).
-const TEMPLATE_BYTES: usize = 512;
 
 /// A free-running counter the run is measured with: retired instructions where the port
 /// can count them (QEMU with `-icount`), cycles or ticks elsewhere, 0 when there is none.
@@ -51,7 +49,10 @@ impl Counter for NoCounter {
 pub struct Phases {
     /// Parsing the image and verifying every checksum.
     pub verify: u64,
-    /// Tokenizing and prefilling the prompt, up to the first sampled token.
+    /// Preprocessing the frame, the vision encoder and the projector (0 without a frame).
+    pub vision: u64,
+    /// Planning, tokenizing and prefilling the prompt, up to the first sampled token
+    /// (the vision phase excluded).
     pub prefill: u64,
     /// Every later token.
     pub decode: u64,
@@ -61,6 +62,7 @@ impl Phases {
     /// All phases together.
     pub fn total(&self) -> u64 {
         self.verify
+            .saturating_add(self.vision)
             .saturating_add(self.prefill)
             .saturating_add(self.decode)
     }
@@ -71,18 +73,25 @@ impl Phases {
 pub struct Report<'a> {
     /// The model's name from the image config.
     pub model: heapless::String<64>,
-    /// Prompt length in tokens (BOS and template included).
+    /// Prompt length in text tokens (BOS and template included, the image left out).
     pub prompt_tokens: usize,
+    /// Image tokens spliced into the prompt (0 without a frame).
+    pub image_tokens: usize,
     /// Generated ids, the stop token included when one ended the run.
     pub tokens: &'a [u32],
     /// Whether a stop token ended the run (rather than the token budget).
     pub stopped: bool,
-    /// Most arena bytes in use at once.
+    /// Arena bytes the run was planned for and used (the session's plan, plus the raw
+    /// prompt's tokenizer scratch when there is one).
     pub arena_peak: usize,
     /// Arena size.
     pub arena_capacity: usize,
     /// Weights image size.
     pub weights_bytes: usize,
+    /// The planned context (positions of the KV cache).
+    pub context: usize,
+    /// The KV cache format.
+    pub kv: KvFormat,
     /// Counter deltas per phase.
     pub counts: Phases,
 }
@@ -95,80 +104,83 @@ fn u32s<'a>(arena: &mut Arena<'a>, n: usize) -> Result<&'a mut [u32], Error> {
     bytemuck::try_cast_slice_mut(bytes).map_err(|_| Error::Unsupported("arena alignment"))
 }
 
-/// Longest token spelling in the vocabulary, to size the per-token text buffer.
-fn longest_token(tok: &Tokenizer<'_>) -> usize {
-    (0..tok.vocab_size())
-        .filter_map(|id| tok.token_bytes(id).ok())
-        .map(<[u8]>::len)
-        .max()
-        .unwrap_or(0)
-}
+/// The firmware's counter as the session's clock: the session's "microseconds" are then
+/// counter ticks (instructions under QEMU), and its per-phase timings are the counts.
+struct CounterClock<'c, C>(&'c mut C);
 
-/// Text a token completes, collected from a [`Utf8Stream`] into a fixed buffer.
-struct TokenText<'b> {
-    buf: &'b mut [u8],
-    len: usize,
-}
-
-impl TokenText<'_> {
-    fn push(&mut self, s: &str) {
-        // The buffer is sized for the worst case (every byte of the longest token plus a
-        // held partial character replaced by U+FFFD); a cut would only shorten the text.
-        let end = (self.len + s.len()).min(self.buf.len());
-        let n = end - self.len;
-        if let (Some(dst), Some(src)) = (self.buf.get_mut(self.len..end), s.as_bytes().get(..n)) {
-            dst.copy_from_slice(src);
-            self.len = end;
-        }
-    }
-
-    fn take(&mut self) -> &[u8] {
-        let n = core::mem::take(&mut self.len);
-        self.buf.get(..n).unwrap_or(&[])
+impl<C: Counter> MonotonicClock for CounterClock<'_, C> {
+    fn now_us(&mut self) -> u64 {
+        self.0.read()
     }
 }
 
-/// Tokenize the request's prompt (templated unless raw) into `ids`; returns the count.
-fn prompt_ids(
+/// Whether the host's `glimpse run` would take the request's prompt as ids tokenized
+/// as-is (no chat template): `--raw`, or a model without a template and no picture.
+fn is_raw(req: &Request<'_>, template: &ChatTemplate) -> bool {
+    req.raw || (matches!(template, ChatTemplate::None) && req.frame.is_none())
+}
+
+/// The session options `glimpse run` uses by default for `req` on `image`
+/// (tools/src/run.rs `session_options`): keep the two in step.
+fn session_options(req: &Request<'_>, image: &Image<'_>) -> SessionOptions {
+    let max_context = image
+        .config()
+        .decoder
+        .as_ref()
+        .map_or(DEFAULT_CONTEXT, |d| {
+            DEFAULT_CONTEXT.min(d.max_positions.max(1) as usize)
+        });
+    let prompt_bytes = req.prompt.len() + req.system.map_or(0, str::len);
+    SessionOptions {
+        plan: PlanOptions {
+            resolution: None,
+            max_context,
+            kv: KvFormat::F16,
+            chunk: DEFAULT_CHUNK,
+            max_frame_side: req
+                .frame
+                .as_ref()
+                .map_or(DEFAULT_MAX_FRAME_SIDE, |f| f.width.max(f.height)),
+            max_prompt_bytes: prompt_bytes.max(1),
+            sampling: !req.sampler.is_greedy(),
+            vision: req.frame.is_some(),
+        },
+        sampler: req.sampler,
+        max_new_tokens: req.max_tokens as usize,
+        stop: None,
+    }
+}
+
+/// Tokenize a raw prompt (BOS when the tokenizer adds one, control-token spellings kept
+/// as text, as `glimpse run --raw` does) into ids carved from `arena`.
+fn raw_ids<'a>(
     tok: &Tokenizer<'_>,
-    template: &ChatTemplate,
-    req: &Request<'_>,
-    arena: &mut Arena<'_>,
-    ids: &mut [u32],
-) -> Result<usize, Error> {
+    prompt: &str,
+    arena: &mut Arena<'a>,
+) -> Result<&'a [u32], Error> {
+    // Ids never outnumber the bytes of the NFC form (at most three times the text) plus BOS.
+    let ids = u32s(arena, prompt.len().saturating_mul(3).saturating_add(2))?;
     let mut n = 0;
     if tok.add_bos()
-        && let Some(bos) = tok.bos()
+        && let (Some(bos), Some(slot)) = (tok.bos(), ids.first_mut())
     {
-        let slot = ids
-            .first_mut()
-            .ok_or(TokenizerError::OutputFull { capacity: 0 })?;
         *slot = bos;
         n = 1;
     }
-    let out = ids.get_mut(n..).unwrap_or(&mut []);
-    let text_len = req.prompt.len() + req.system.map_or(0, str::len);
-    let (text, specials) = if req.raw || matches!(template, ChatTemplate::None) {
-        // Raw prompts are the user's own text: control-token spellings stay text.
-        (req.prompt, Specials::Plain)
-    } else {
-        let buf = arena.bytes(text_len + TEMPLATE_BYTES)?;
-        let turn = Turn {
-            system: req.system,
-            user: req.prompt,
-            image: false,
-        };
-        (chat::render(template, &turn, buf)?, Specials::Parse)
-    };
-    let piece = u32s(arena, 2 * MAX_PIECE_BYTES)?;
-    // NFC can grow text up to threefold; only tokenizers that normalize need the room.
-    let norm = arena.bytes(if tok.normalizes() {
-        3 * text.len() + 16
-    } else {
-        0
+    let n = arena.scope(|a| -> Result<usize, Error> {
+        let piece = u32s(a, 2 * MAX_PIECE_BYTES)?;
+        // NFC can grow text up to threefold; only tokenizers that normalize need the room.
+        let norm = a.bytes(if tok.normalizes() {
+            3 * prompt.len() + 16
+        } else {
+            0
+        })?;
+        let mut ws = Workspace::new(piece, norm);
+        let out = ids.get_mut(n..).unwrap_or(&mut []);
+        Ok(n + tok.encode(prompt, Specials::Plain, &mut ws, out)?)
     })?;
-    let mut ws = Workspace::new(piece, norm);
-    Ok(n + tok.encode(text, specials, &mut ws, out)?)
+    let ids: &'a [u32] = ids;
+    Ok(ids.get(..n).unwrap_or(&[]))
 }
 
 /// Run `req` against the weights image in `weights`, streaming every generated token to
@@ -186,121 +198,95 @@ pub fn run_request<'a, S: TokenSink, C: Counter>(
     image.verify()?;
     let t1 = counter.read();
 
-    if req.frame.is_some() {
+    if req.frame.is_some() && image.config().vision.is_none() {
         return Err(Error::Unsupported(
-            "camera frames need the VLM session, which this firmware does not run yet",
+            "camera frames need a VLM image; this one has no vision encoder",
         ));
     }
-    let tok = Tokenizer::from_image(&image)?;
     let template = image
         .config()
         .tokenizer
         .as_ref()
         .map_or(ChatTemplate::None, |t| t.chat.clone());
-    let dec = Decoder::new(&image)?;
-    let cfg = dec.config();
-    let vocab = cfg.vocab as usize;
-    let max_tokens = req.max_tokens as usize;
-
-    let mut arena = Arena::new(arena);
-    let capacity = arena.capacity();
-    // Ids never outnumber the bytes of the NFC form (at most three times the text) plus
-    // BOS; the template's own bytes are counted in.
-    let text_len = req.prompt.len() + req.system.map_or(0, str::len) + TEMPLATE_BYTES;
-    let ids = u32s(&mut arena, text_len.saturating_mul(3).saturating_add(17))?;
-    let n_prompt = arena.scope(|a| prompt_ids(&tok, &template, req, a, ids))?;
-    let prompt = ids.get(..n_prompt).unwrap_or(&[]);
-    if prompt.is_empty() {
-        return Err(Error::Core(glimpse_core::Error::EmptyInput));
+    let raw = is_raw(req, &template);
+    if raw && req.frame.is_some() {
+        return Err(Error::Unsupported(
+            "a raw prompt cannot place the picture; send it chat-templated",
+        ));
     }
-
-    let max_ctx = (n_prompt + max_tokens).min(cfg.max_positions.max(1) as usize);
-    if n_prompt >= max_ctx && max_tokens > 0 {
-        return Err(Error::Core(glimpse_core::Error::ContextOverflow {
-            needed: n_prompt + 1,
-            max: max_ctx,
+    let opts = session_options(req, &image);
+    let plan = ArenaPlan::new(&image, &opts.plan)?;
+    let capacity = arena.len();
+    // The session takes the front of the arena from its first aligned byte, exactly as
+    // planned; a raw prompt's ids and tokenizer scratch come from what is left after it.
+    let pad = arena.as_ptr().align_offset(ALIGN).min(ALIGN);
+    let session_len = plan.total().saturating_add(pad);
+    if session_len > capacity {
+        return Err(Error::Core(glimpse_core::Error::Arena {
+            needed: session_len,
+            capacity,
         }));
     }
-    let mut st = DecoderState::new(&mut arena, &dec, max_ctx)?;
-    let logits = arena.f32s(vocab)?;
-    let history = u32s(&mut arena, n_prompt + max_tokens)?;
-    let scratch = u32s(&mut arena, if req.sampler.is_greedy() { 0 } else { vocab })?;
-    let text_buf = arena.bytes(3 * (longest_token(&tok) + 4))?;
-    let arena_peak = arena.peak();
-
-    let capacity_ids = history.len();
-    history
-        .get_mut(..n_prompt)
-        .ok_or(Error::Core(glimpse_core::Error::Length {
-            what: "sampling history",
-            expected: n_prompt,
-            got: capacity_ids,
-        }))?
-        .copy_from_slice(prompt);
-    let mut len = n_prompt;
-    let mut sampler = Sampler::new(req.sampler);
-    let stops = StopTokens::for_model(Some(cfg), Some(&tok));
-    let mut utf8 = Utf8Stream::new();
-    let mut text = TokenText {
-        buf: text_buf,
-        len: 0,
+    let (front, rest) = arena.split_at_mut(session_len);
+    let mut rest = Arena::new(rest);
+    let tok = if raw {
+        Some(Tokenizer::from_image(&image)?)
+    } else {
+        None
     };
-    let sink_err = |e: S::Error| Error::Sink(e.kind());
+    let ids = match &tok {
+        Some(tok) => raw_ids(tok, req.prompt, &mut rest)?,
+        None => &[],
+    };
+    let arena_used = session_len.saturating_add(rest.peak());
 
-    logits.copy_from_slice(st.prefill(prompt)?);
-    let mut t2 = t1;
-    let mut generated = 0usize;
-    let mut stopped = false;
-    while generated < max_tokens {
-        let id = sampler.sample(logits, history.get(..len).unwrap_or(&[]), scratch)?;
-        if generated == 0 {
-            t2 = counter.read();
-        }
-        if let Some(slot) = history.get_mut(len) {
-            *slot = id;
-        }
-        len += 1;
-        generated += 1;
-        // Control tokens (<|im_end|>, <|endoftext|>) end turns; they are not text.
-        if !tok.is_control(id) {
-            utf8.push(tok.token_bytes(id)?, &mut |s: &str| text.push(s));
-        }
-        sink.token(id, text.take()).map_err(sink_err)?;
-        if stops.contains(id) {
-            stopped = true;
-            break;
-        }
-        if generated == max_tokens || st.pos() >= max_ctx {
-            break;
-        }
-        logits.copy_from_slice(st.decode_one(id)?);
-    }
-    utf8.finish(&mut |s: &str| text.push(s));
-    let tail = text.take();
-    if !tail.is_empty() {
-        // A character left incomplete at the end: reported with the last id, as its text.
-        let last = history.get(len.saturating_sub(1)).copied().unwrap_or(0);
-        sink.token(last, tail).map_err(sink_err)?;
-    }
-    sink.finish().map_err(sink_err)?;
+    let mut session = Session::new(&image, &mut *front, CounterClock(&mut *counter), opts)?;
+    let report = if raw {
+        session.generate_ids(ids, None, sink)?
+    } else {
+        session.ask_turn(req.frame, req.system, req.prompt, sink)?
+    };
+    drop(session);
     let t3 = counter.read();
-    if generated == 0 {
-        t2 = t3;
-    }
 
-    let history: &'a [u32] = history;
+    // The generated ids follow the prompt ids in the session's ids buffer.
+    let front: &'a [u8] = front;
+    let ids_buf = front
+        .get(pad..)
+        .and_then(|a| a.get(plan.range(Buf::Ids)))
+        .unwrap_or(&[]);
+    let history: &'a [u32] = bytemuck::try_cast_slice(ids_buf).unwrap_or(&[]);
+    let tokens = history
+        .get(report.prompt_ids..report.prompt_ids.saturating_add(report.generated))
+        .unwrap_or(&[]);
+
+    let t = report.timings;
+    let vision = t
+        .preprocess_us
+        .saturating_add(t.encoder_us)
+        .saturating_add(t.projector_us);
+    // Planning and tokenizing count as prefill: everything from the verified image to the
+    // first token that is not the vision phase.
+    let run = t3.wrapping_sub(t1);
+    let decode = t.decode_us.min(run);
+    let prefill = run.saturating_sub(decode).saturating_sub(vision);
     Ok(Report {
         model: image.config().name.clone(),
-        prompt_tokens: n_prompt,
-        tokens: history.get(n_prompt..len).unwrap_or(&[]),
-        stopped,
-        arena_peak: arena_peak.max(arena.peak()),
+        // Text positions: the image's one placeholder id is counted as its image tokens.
+        prompt_tokens: report.prompt_positions.saturating_sub(report.image_tokens),
+        image_tokens: report.image_tokens,
+        tokens,
+        stopped: report.stopped,
+        arena_peak: arena_used,
         arena_capacity: capacity,
         weights_bytes: weights.len(),
+        context: plan.options.max_context,
+        kv: plan.options.kv,
         counts: Phases {
             verify: t1.wrapping_sub(t0),
-            prefill: t2.wrapping_sub(t1),
-            decode: t3.wrapping_sub(t2),
+            vision,
+            prefill,
+            decode,
         },
     })
 }
