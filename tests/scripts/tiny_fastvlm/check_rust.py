@@ -8,7 +8,10 @@ checks (E4M3 figures are printed, not asserted: that format is judged by accurac
 - `glimpse encode --stage encoder|projector` on held-out scenes against transformers'
   vision tower (last_hidden_state) and projector (cosine per token, max |diff|);
 - `glimpse logits` on prompt + caption tokens against the decoder alone (image positions
-  hold the `<image>` embedding there, so this checks the language model, not the splice).
+  hold the `<image>` embedding there, so this checks the language model, not the splice);
+- with --captions: exact-match accuracy on the held-out scenes when the image features
+  come from `glimpse encode --stage projector` of each image and the decoder is
+  PyTorch's (f32), i.e. what the vision side's quantization alone costs.
 
 It asserts only loose, justified bounds and prints the figures; the accuracy test on
 the whole pipeline lives in the Rust test suite.
@@ -51,10 +54,34 @@ def cosine(a, b):
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
+@torch.no_grad()
+def greedy_from_features(model, tok, feats):
+    """Greedy captions with the given projected image features spliced in (no cache)."""
+    lm = model.model.language_model
+    ids = torch.tensor(common.prompt_ids(tok)).expand(feats.shape[0], -1)
+    mask = ids == tok.token_to_id(common.IMAGE_TOKEN)
+    emb = lm.embed_tokens(ids).masked_scatter(mask.unsqueeze(-1), feats.to(torch.float32))
+    eos = tok.token_to_id("<|im_end|>")
+    outs = [[] for _ in range(feats.shape[0])]
+    done = torch.zeros(feats.shape[0], dtype=torch.bool)
+    for _ in range(common.MAX_NEW_TOKENS):
+        nxt = model.lm_head(lm(inputs_embeds=emb).last_hidden_state[:, -1]).argmax(-1)
+        for r, t in enumerate(nxt.tolist()):
+            if not done[r]:
+                done[r] = t == eos
+                if t != eos:
+                    outs[r].append(t)
+        if bool(done.all()):
+            break
+        emb = torch.cat([emb, lm.embed_tokens(nxt).unsqueeze(1)], dim=1)
+    return [tok.decode(o, skip_special_tokens=False) for o in outs]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--glimpse", type=Path, required=True, help="the glimpse binary")
     ap.add_argument("--model", type=Path, default=MODEL_DIR)
+    ap.add_argument("--captions", action="store_true", help="also caption the held-out set")
     args = ap.parse_args()
     common.check_versions()
     torch.set_num_threads(2)
@@ -130,6 +157,20 @@ def main():
         report["logits"][q] = {"min_position_cosine": float(cos.min()), "argmax_agreement": same_argmax}
         print(f"logits {q:5s}: min cosine {cos.min():.7f}, argmax agreement {same_argmax:.3f}")
         assert cos.min() >= MIN_COS[q], (q, cos.min())
+    if args.captions:
+        report["captions"] = {}
+        for q, img in images.items():
+            feats = []
+            for i, (im, _) in enumerate(scenes):
+                src = tmp / "scene.png"
+                im.save(src)
+                out = tmp / "feat.npy"
+                run([args.glimpse, "encode", img, "--image", src, "--stage", "projector", "-o", out])
+                feats.append(np.load(out))
+            got = greedy_from_features(model, tok, torch.from_numpy(np.stack(feats)))
+            acc = float(np.mean([g == c for g, (_, c) in zip(got, scenes)]))
+            report["captions"][f"rust_{q}_vision+torch_decoder"] = acc
+            print(f"captions with {q} vision features from glimpse + PyTorch decoder: {acc:.3f}")
     print(json.dumps(report, indent=1))
     if bad:
         raise SystemExit(f"{len(bad)} tokenization mismatches")

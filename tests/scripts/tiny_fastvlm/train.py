@@ -51,14 +51,15 @@ from common import (
 from timm.utils.model import reparameterize_model
 from transformers import FastVlmForConditionalGeneration, Qwen2Config, Qwen2ForCausalLM
 
-# Schedule. One step = BATCH fresh images.
-STEPS = 2400
+# Schedule. One step = BATCH fresh images. A 2400-step trial scored 99% (of 96 validation
+# scenes) after 1600 steps and 100% after 2000 but took 20.3 minutes on a loaded machine;
+# the committed 2000-step run took 15.6 minutes on 2 idle cores and scored 100% on the
+# 200 held-out scenes (models/tiny-fastvlm/train_log.txt, eval.json).
+STEPS = 2000
 BATCH = 48
 LR = 3e-3
 WARMUP = 100
 WEIGHT_DECAY = 0.02
-# Learning-rate factor of the vision tower and projector relative to the decoder.
-VISION_LR_MULT = 1.0
 CLIP = 1.0
 # timm's default layer-scale init (1e-5) is meant for fine-tuning deep towers; from
 # scratch with one block per stage it only slows the residual branches' start.
@@ -249,6 +250,7 @@ def main():
     torch.manual_seed(TORCH_SEED)
     torch.use_deterministic_algorithms(True)
     t0 = time.time()
+    c0 = time.process_time()
 
     tok = make_tokenizer()
     prompt = common.prompt_ids(tok)
@@ -256,13 +258,12 @@ def main():
     n_params = sum(p.numel() for p in model.parameters())
     say(f"tokenizer: {tok.get_vocab_size()} tokens; train-form params {n_params:,}")
 
-    groups = {}
+    # No weight decay on biases, norms and layer scales.
+    decay, no_decay = [], []
     for name, p in model.named_parameters():
-        wd = 0.0 if p.ndim <= 1 or "gamma" in name or "norm" in name else WEIGHT_DECAY
-        mult = 1.0 if name.startswith("lm.") else VISION_LR_MULT
-        groups.setdefault((wd, mult), []).append(p)
+        (no_decay if p.ndim <= 1 or "gamma" in name or "norm" in name else decay).append(p)
     opt = torch.optim.AdamW(
-        [{"params": ps, "weight_decay": wd, "mult": mult} for (wd, mult), ps in groups.items()],
+        [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}],
         lr=LR,
         betas=(0.9, 0.98),
     )
@@ -273,7 +274,7 @@ def main():
     for step in range(STEPS):
         model.train()
         for g in opt.param_groups:
-            g["lr"] = lr_at(step) * g["mult"]
+            g["lr"] = lr_at(step)
         px, ids, labels, _ = make_batch(tok, prompt, TRAIN_SEED, step * BATCH, BATCH, kinds_at(step))
         logits = model.logits(px, ids)
         loss = F.cross_entropy(
@@ -298,6 +299,7 @@ def main():
             log["val"].append([step + 1, acc, kinds])
             say(f"   val exact match {acc:.3f}  wrong slots {kinds}")
     train_time = time.time() - t0
+    train_cpu = time.process_time() - c0
 
     hf, tower = to_fast_vlm(model, tok)
     # The reparameterized tower must compute what the train-form one did.
@@ -305,6 +307,7 @@ def main():
         ref = model.image_embeds(val_px[:8])
         got = hf.model.get_image_features(pixel_values=val_px[:8]).pooler_output
     rep_err = float((ref - got).abs().max())
+    say(f"trained in {train_time:.0f}s wall, {train_cpu:.0f}s CPU")
     say(f"reparameterized features: max |diff| {rep_err:.2e}")
     assert rep_err < 1e-4, rep_err
 
@@ -333,6 +336,9 @@ def main():
             "vocab_size": tok.get_vocab_size(),
             "reparam_max_abs_diff": rep_err,
             "train_seconds": round(train_time, 1),
+            # CPU seconds of all threads: on a shared machine the wall time above depends
+            # on the other load, this hardly does (2 idle cores: wall >= cpu / 2).
+            "train_cpu_seconds": round(train_cpu, 1),
             "threads": torch.get_num_threads(),
             "cpu": platform.processor() or platform.machine(),
             "python": platform.python_version(),
