@@ -7,6 +7,7 @@ use clap::ValueEnum;
 
 pub mod bench;
 pub mod convert;
+pub mod demo;
 pub mod encode;
 pub mod flash;
 pub mod inspect;

@@ -18,6 +18,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Caption the bundled tiny FastVLM's sample pictures (converting it first if needed).
+    Demo(glimpse_tools::demo::DemoArgs),
     /// Convert an HF checkpoint (directory or .safetensors) or a GGUF file to a .glim image.
     Convert(ConvertArgs),
     /// Show an image's config and tensor table and verify its checksums.
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     glimpse_host::cpu::install_from_env().map_or_else(|e| eprintln!("warning: {e}"), drop);
     let result = match cli.command {
+        Command::Demo(a) => glimpse_tools::demo::run(&a),
         Command::Convert(a) => convert::run(&a),
         Command::Inspect(a) => inspect::run(&a),
         Command::Encode(a) => glimpse_tools::encode::run(&a),
