@@ -15,11 +15,10 @@ use glimpse_core::Image;
 use glimpse_core::arena::{ALIGN, Arena};
 use glimpse_core::decoder::{DEFAULT_CHUNK, Decoder, DecoderState};
 use glimpse_core::planner::{ArenaPlan, DEFAULT_MAX_FRAME_SIDE, PlanOptions};
-use glimpse_core::preprocess::{Frame, PixelFormat};
 use glimpse_core::sampler::{Sampler, SamplerConfig, StopTokens};
 use glimpse_core::session::{IMAGE_SENTINEL, ImageInput, Report, Session, SessionOptions};
 use glimpse_core::tokenizer::{Specials, Tokenizer, TokenizerError};
-use glimpse_hal::{ErrorKind, ErrorType, MonotonicClock, TokenSink};
+use glimpse_hal::{ErrorKind, ErrorType, TokenSink};
 use glimpse_quant::layout::ChatTemplate;
 
 use crate::RunArgs;
@@ -43,63 +42,11 @@ pub struct PipelineArgs {
     pub kv: KvArg,
 }
 
-/// A monotonic clock over [`Instant`], for the core's timings.
-#[derive(Clone, Copy, Debug)]
-pub struct HostClock(Instant);
-
-impl HostClock {
-    /// A clock whose origin is now.
-    pub fn new() -> Self {
-        HostClock(Instant::now())
-    }
-}
-
-impl Default for HostClock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl MonotonicClock for HostClock {
-    fn now_us(&mut self) -> u64 {
-        u64::try_from(self.0.elapsed().as_micros()).unwrap_or(u64::MAX)
-    }
-}
-
-/// A decoded picture: RGB888 rows, no padding.
-#[derive(Clone, Debug)]
-pub struct Picture {
-    /// Pixels per row.
-    pub width: usize,
-    /// Rows.
-    pub height: usize,
-    /// `width * height * 3` bytes.
-    pub rgb: Vec<u8>,
-}
-
-impl Picture {
-    /// The picture as a camera frame for the core.
-    pub fn frame(&self) -> Frame<'_> {
-        Frame {
-            width: self.width,
-            height: self.height,
-            format: PixelFormat::Rgb888,
-            data: &self.rgb,
-        }
-    }
-}
+pub use glimpse_host::{HostClock, Picture};
 
 /// Decode a PNG or JPEG into RGB888 (alpha dropped, grey widened).
 pub fn load_picture(path: &Path) -> Result<Picture> {
-    let img = image::open(path)
-        .with_context(|| format!("decoding {}", path.display()))?
-        .to_rgb8();
-    let (w, h) = img.dimensions();
-    Ok(Picture {
-        width: w as usize,
-        height: h as usize,
-        rgb: img.into_raw(),
-    })
+    Ok(Picture::open(path)?)
 }
 
 /// A host arena: a buffer with room for the plan from its first aligned byte.

@@ -574,11 +574,8 @@ pub fn bless_from_env() -> bool {
 }
 
 fn load_picture(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
-    let img = image::open(path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .to_rgb8();
-    let (w, h) = img.dimensions();
-    Ok((w as usize, h as usize, img.into_raw()))
+    let pic = glimpse_host::Picture::open(path)?;
+    Ok((pic.width, pic.height, pic.rgb))
 }
 
 /// Run `glimpse sim`.

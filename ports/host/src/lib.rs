@@ -1,11 +1,16 @@
 //! glimpse-host, the std port: weights images memory-mapped from files (read-only and
 //! zero-copy, so the page cache is the only copy), writing images to disk safely, a
 //! thread-pool [`Executor`](glimpse_hal::Executor) ([`ThreadPool`]) and CPU feature
-//! detection for the core's SIMD kernels ([`cpu`]).
+//! detection for the core's SIMD kernels ([`cpu`]), a monotonic clock ([`HostClock`]) and
+//! PNG/JPEG files as frames ([`Picture`], and [`PictureFiles`] as a camera).
 
+pub mod clock;
 pub mod cpu;
+pub mod picture;
 pub mod pool;
 
+pub use clock::HostClock;
+pub use picture::{Picture, PictureError, PictureFiles};
 pub use pool::{ThreadPool, install_default_pool};
 
 use std::fs::File;
