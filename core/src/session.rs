@@ -31,6 +31,7 @@ use crate::chat::{IMAGE_PLACEHOLDER, Turn, render};
 use crate::decoder::{Decoder, DecoderState, Input, Logits};
 use crate::error::Error;
 use crate::image::Image;
+use crate::kernels::linear::Q8Activations;
 use crate::planner::{ArenaPlan, Buf, PlanOptions};
 use crate::preprocess::{Frame, check_frame, preprocess};
 use crate::projector::Projector;
@@ -53,6 +54,9 @@ pub struct SessionOptions {
     pub max_new_tokens: usize,
     /// Ids that end generation; `None` takes the model's (its EOS ids and `<|im_end|>`).
     pub stop: Option<StopTokens>,
+    /// How the decoder's activations meet Q8_0 weights (W8A8 by default; the vision
+    /// encoder and projector always run W8A8).
+    pub q8_activations: Q8Activations,
 }
 
 impl Default for SessionOptions {
@@ -62,6 +66,7 @@ impl Default for SessionOptions {
             sampler: SamplerConfig::default(),
             max_new_tokens: 256,
             stop: None,
+            q8_activations: Q8Activations::Int8,
         }
     }
 }
@@ -222,7 +227,7 @@ impl<'a, 'w, C: MonotonicClock> Session<'a, 'w, C> {
                 capacity: len,
             });
         };
-        let decoder = Decoder::new(image)?;
+        let decoder = Decoder::new(image)?.with_q8_activations(options.q8_activations);
         let vision = if plan.has_vision() {
             Some((VisionEncoder::new(image)?, Projector::new(image)?))
         } else {

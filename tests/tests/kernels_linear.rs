@@ -303,3 +303,55 @@ fn the_default_entry_point_uses_the_active_kernels() {
         assert_ne!(active.f32_kernel(), F32Kernel::Scalar);
     }
 }
+
+/// Q8_0 weights with f32 activations (W8A32) compute exactly what f32 weights holding
+/// the dequantized values `d·q` compute (the reference's f32 path, scalar, one task),
+/// for every kernel family and thread count, and differ from W8A8 (so the mode is
+/// really switched).
+#[test]
+fn q8_0_with_f32_activations_equals_f32_on_the_dequantized_weights() {
+    use glimpse_core::kernels::linear::Q8Activations;
+    let cpus = cpu_variants();
+    let mut pools: Vec<ThreadPool> = [2, 3]
+        .into_iter()
+        .map(|t| ThreadPool::new(t).unwrap())
+        .collect();
+    for &(rows, cols) in &[(5, 64), (27, 96), (64, 160), (203, 320)] {
+        let w = values(rows * cols, rows as u64 * 7 + cols as u64, 0.05);
+        let data = encode(DType::Q8_0, &w, rows, cols);
+        let q8 = Weights::new(DType::Q8_0, rows, cols, &data)
+            .unwrap()
+            .with_activations(Q8Activations::F32);
+        let mut deq = vec![0f32; rows * cols];
+        for (r, out) in deq.chunks_exact_mut(cols).enumerate() {
+            q8.dequantize_row(r, out).unwrap();
+        }
+        let f32_bytes: Vec<u8> = deq.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f = Weights::new(DType::F32, rows, cols, &f32_bytes).unwrap();
+        for n in [1usize, 2, 9, 33] {
+            let x = values(n * cols, 500 + n as u64, 1.0);
+            let want = run_on(Cpu::SCALAR, &mut Sequential, &f, None, &x, n);
+            for &c in &cpus {
+                let got = run_on(c, &mut Sequential, &q8, None, &x, n);
+                assert_bits(&got, &want, &format!("W8A32 {rows}x{cols} n={n} {c:?}"));
+            }
+            for pool in pools.iter_mut() {
+                let got = run_on(Cpu::active(), pool, &q8, None, &x, n);
+                let what = format!("W8A32 {rows}x{cols} n={n} {} threads", pool.threads());
+                assert_bits(&got, &want, &what);
+            }
+            let w8a8 = run_on(
+                Cpu::active(),
+                &mut Sequential,
+                &q8.with_activations(Q8Activations::Int8),
+                None,
+                &x,
+                n,
+            );
+            assert!(
+                w8a8.iter().zip(&want).any(|(a, b)| a != b),
+                "W8A8 and W8A32 agree to the bit on {rows}x{cols} n={n}"
+            );
+        }
+    }
+}

@@ -209,6 +209,7 @@ fn pixels_and_frames_agree_and_the_cli_writes_the_reference() {
         picture: (!pixels).then(|| fixture_dir().join("image.png")),
         image_size: None,
         kv: KvArg::F32,
+        activations: Default::default(),
     };
     glimpse_tools::logits::run(&args("all.npy", false, false)).unwrap();
     let (shape, all) = npy::read_f32(&tmp.path().join("all.npy")).unwrap();

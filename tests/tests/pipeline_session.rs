@@ -511,6 +511,7 @@ fn glimpse_run_takes_a_picture_and_refuses_what_it_cannot_do() {
         seed: 0,
         raw,
         json: true,
+        activations: Default::default(),
         pipeline: glimpse_tools::run::PipelineArgs {
             picture: picture.then(|| fixture_dir().join("image.png")),
             image_size: None,

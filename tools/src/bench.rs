@@ -32,6 +32,9 @@ pub struct BenchArgs {
     /// The .glim image (decoder, vision encoder, or both).
     #[arg(value_name = "IMG")]
     pub image: PathBuf,
+    /// How the decoder's activations meet Q8_0 weights.
+    #[arg(long, value_enum, default_value = "int8")]
+    pub activations: crate::ActArg,
     /// Threads for the linear layers (the caller plus N-1 pool workers).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
@@ -362,7 +365,7 @@ fn argmax(v: &[f32]) -> u32 {
 }
 
 fn bench_decoder(image: &Image<'_>, a: &BenchArgs, mem_gbs: f64) -> Result<DecoderBench> {
-    let dec = Decoder::new(image)?;
+    let dec = Decoder::new(image)?.with_q8_activations(a.activations.into());
     let cfg = dec.config();
     let shape = dec.shape();
     let vocab = shape.vocab;

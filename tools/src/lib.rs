@@ -36,6 +36,25 @@ pub enum QuantArg {
     F32,
 }
 
+/// How activations meet Q8_0 weights (`--activations`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ActArg {
+    /// Quantized to Q8_0 blocks, integer dot products (W8A8, as llama.cpp): fastest.
+    #[default]
+    Int8,
+    /// Kept in f32 against widened weights (W8A32): slower, closer to the f32 model.
+    F32,
+}
+
+impl From<ActArg> for glimpse_core::kernels::linear::Q8Activations {
+    fn from(a: ActArg) -> Self {
+        match a {
+            ActArg::Int8 => Self::Int8,
+            ActArg::F32 => Self::F32,
+        }
+    }
+}
+
 /// Format of tensors that are never quantized (norms, biases, layer scales, depthwise kernels).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum KeepArg {
@@ -164,6 +183,10 @@ pub struct RunArgs {
     /// last line of stdout.
     #[arg(long)]
     pub json: bool,
+    /// How the decoder's activations meet Q8_0 weights: int8 (W8A8, as llama.cpp) or
+    /// f32 (W8A32: slower, keeps small models' answers closer to their f32 ones).
+    #[arg(long, value_enum, default_value = "int8")]
+    pub activations: ActArg,
     /// Picture, resolution, context and KV cache format.
     #[command(flatten)]
     pub pipeline: run::PipelineArgs,

@@ -13,6 +13,7 @@ use anyhow::{Context, Result, anyhow, ensure};
 use glimpse_core::Image;
 use glimpse_core::arena::Arena;
 use glimpse_core::decoder::{Decoder, DecoderState, Input, Logits};
+use glimpse_core::kernels::linear::Q8Activations;
 use glimpse_core::planner::{ArenaPlan, PlanOptions};
 use glimpse_core::session::{ImageInput, LogitsOut, Session, SessionOptions};
 use glimpse_core::vision::VisionEncoder;
@@ -51,14 +52,28 @@ pub struct LogitsArgs {
     /// KV cache format (f32 reproduces a float32 reference most closely).
     #[arg(long, value_enum, default_value = "f32")]
     pub kv: KvArg,
+    /// How the decoder's activations meet Q8_0 weights (text-only runs).
+    #[arg(long, value_enum, default_value = "int8")]
+    pub activations: crate::ActArg,
 }
 
 /// Logits of `tokens` through the image's decoder, every position (`n × vocab`) or the
 /// last one only. The arena is one `Vec<u8>` of exactly
 /// [`DecoderState::arena_bytes`] for this context and chunk.
 pub fn compute(image: &Image, tokens: &[u32], last: bool, chunk: usize) -> Result<Vec<f32>> {
+    compute_with(image, tokens, last, chunk, Q8Activations::Int8)
+}
+
+/// [`compute`] with activations meeting Q8_0 weights as `act` says.
+pub fn compute_with(
+    image: &Image,
+    tokens: &[u32],
+    last: bool,
+    chunk: usize,
+    act: Q8Activations,
+) -> Result<Vec<f32>> {
     ensure!(!tokens.is_empty(), "no tokens");
-    let dec = Decoder::new(image)?;
+    let dec = Decoder::new(image)?.with_q8_activations(act);
     let cfg = dec.config();
     let n = tokens.len();
     let chunk = chunk.clamp(1, n);
@@ -180,7 +195,7 @@ pub fn run(a: &LogitsArgs) -> Result<ExitCode> {
     let t = Instant::now();
     let (rows, logits) = match (&a.pixels, &a.picture) {
         (None, None) => {
-            let l = compute(&image, &a.tokens, a.last, a.chunk)?;
+            let l = compute_with(&image, &a.tokens, a.last, a.chunk, a.activations.into())?;
             (a.tokens.len(), l)
         }
         (Some(p), _) => {

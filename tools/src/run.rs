@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail, ensure};
 use glimpse_core::Image;
 use glimpse_core::arena::{ALIGN, Arena};
 use glimpse_core::decoder::{DEFAULT_CHUNK, Decoder, DecoderState};
+use glimpse_core::kernels::linear::Q8Activations;
 use glimpse_core::planner::{ArenaPlan, DEFAULT_MAX_FRAME_SIDE, PlanOptions};
 use glimpse_core::sampler::{Sampler, SamplerConfig, StopTokens};
 use glimpse_core::session::{IMAGE_SENTINEL, ImageInput, Report, Session, SessionOptions};
@@ -63,6 +64,8 @@ pub struct GenerateOptions {
     pub sampler: SamplerConfig,
     /// Ids that end generation.
     pub stops: StopTokens,
+    /// How activations meet Q8_0 weights.
+    pub activations: Q8Activations,
 }
 
 /// Timings of one run.
@@ -104,7 +107,7 @@ pub fn generate(
     if prompt.is_empty() {
         bail!("the prompt has no tokens");
     }
-    let dec = Decoder::new(image)?;
+    let dec = Decoder::new(image)?.with_q8_activations(opts.activations);
     let cfg = dec.config();
     let vocab = cfg.vocab as usize;
     let want = prompt.len() + opts.max_tokens;
@@ -262,6 +265,7 @@ pub fn session_options(
         sampler,
         max_new_tokens: a.max_tokens,
         stop: None,
+        q8_activations: a.activations.into(),
     }
 }
 

@@ -25,7 +25,7 @@ use crate::arena::{Arena, bound, padded};
 use crate::error::{Dims, Error, TensorName, tensor_name};
 use crate::image::{Image, TensorView};
 use crate::kernels::Vector;
-use crate::kernels::linear::{Weights, linear_scratch_bytes, linear_vec};
+use crate::kernels::linear::{Q8Activations, Weights, linear_scratch_bytes, linear_vec};
 use crate::kernels::math::{add, rmsnorm, rope_cos_sin, rope_rotate_half};
 
 pub use attention::Heads;
@@ -116,6 +116,7 @@ pub struct Decoder<'a> {
     embed: Weights<'a>,
     norm: Vector<'a>,
     lm_head: Weights<'a>,
+    act: Q8Activations,
 }
 
 /// `decoder.layers.{layer}.{suffix}`.
@@ -152,11 +153,27 @@ impl<'a> Decoder<'a> {
             embed,
             norm,
             lm_head,
+            act: Q8Activations::Int8,
         };
         for l in 0..shape.layers {
             dec.layer(l)?;
         }
         Ok(dec)
+    }
+
+    /// The same decoder with activations meeting Q8_0 weights as `act` says (every
+    /// layer and the logits; the default is [`Q8Activations::Int8`]).
+    pub fn with_q8_activations(self, act: Q8Activations) -> Self {
+        Decoder {
+            act,
+            lm_head: self.lm_head.with_activations(act),
+            ..self
+        }
+    }
+
+    /// How activations meet Q8_0 weights.
+    pub fn q8_activations(&self) -> Q8Activations {
+        self.act
     }
 
     /// The config.
@@ -195,7 +212,10 @@ impl<'a> Decoder<'a> {
         let s = &self.shape;
         let (d, qd, kvd, inter) = (s.hidden, s.heads.q_dim(), s.heads.kv_dim(), s.intermediate);
         let img = self.image;
-        let m = |suffix, rows, cols| matrix(img, &layer_name(l, suffix), rows, cols);
+        let act = self.act;
+        let m = |suffix, rows, cols| {
+            matrix(img, &layer_name(l, suffix), rows, cols).map(|w| w.with_activations(act))
+        };
         let vec = |suffix, len| vector(img, &layer_name(l, suffix), len);
         if l >= s.layers {
             return Err(Error::Config {
@@ -328,6 +348,7 @@ fn scratch_bytes(s: &Shape, n: usize) -> usize {
                 rows: 0,
                 cols,
                 data: &[],
+                act: Q8Activations::Int8,
             };
             most = most.max(linear_scratch_bytes(&w, n));
         }

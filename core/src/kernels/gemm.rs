@@ -477,7 +477,7 @@ mod x86_f32 {
     //! Driver for the AVX2 f32-arithmetic tiles: 4 weight rows x 1 activation row for
     //! matrix-vector products, 2 x 2 otherwise, single rows for the remainders.
     use super::*;
-    use crate::kernels::x86::{self, DBF16, DE4M3, DE5M2, DF16, DF32, DMxFp8, Decode16};
+    use crate::kernels::x86::{self, DBF16, DE4M3, DE5M2, DF16, DF32, DMxFp8, DQ8, Decode16};
 
     pub(super) fn rows(
         w: &Weights<'_>,
@@ -493,6 +493,7 @@ mod x86_f32 {
             DType::E4M3 => rows_as::<DE4M3>(w, x, n, range, y),
             DType::E5M2 => rows_as::<DE5M2>(w, x, n, range, y),
             DType::MxFp8 => rows_as::<DMxFp8>(w, x, n, range, y),
+            DType::Q8_0 => rows_as::<DQ8>(w, x, n, range, y),
             _ => {}
         }
     }

@@ -9,6 +9,9 @@
 //!   `acc += (d_w·d_a)·isum` in f32.
 //! - E4M3 / E5M2 / MXFP8: W8A32, each weight row decoded through the 256-entry tables and
 //!   its block scale into f32, then f32 dot products.
+//! - Q8_0 with [`Q8Activations::F32`] ([`Weights::with_activations`]): W8A32 the same way
+//!   (`d·q` per value, then f32 dot products): four times the multiply work of W8A8, no
+//!   activation rounding.
 //!
 //! For `n > 1` activation rows (prefill, 1×1 convolutions over pixels) the loop runs
 //! weight row outer, activation row inner, so every weight row is read and decoded once
@@ -36,6 +39,18 @@ use crate::kernels::{Vector, bf16_to_f32, f16_to_f32};
 const B34: usize = 2 + QK;
 const B33: usize = 1 + QK;
 
+/// How activations meet Q8_0 weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Q8Activations {
+    /// Quantized to Q8_0 per 32-block, integer dot products (W8A8, as ggml does): the
+    /// fastest, and what llama.cpp computes.
+    #[default]
+    Int8,
+    /// Kept in f32, the weights widened (W8A32): slower, closer to the unquantized model
+    /// (no activation rounding).
+    F32,
+}
+
 /// A weight matrix `[rows, cols]`, row-major, in any numeric stored format; block formats
 /// run their blocks of 32 along `cols`.
 #[derive(Clone, Copy, Debug)]
@@ -48,6 +63,8 @@ pub struct Weights<'a> {
     pub cols: usize,
     /// `rows` rows of `row_bytes(dtype, cols)` bytes each.
     pub data: &'a [u8],
+    /// How activations meet Q8_0 weights (ignored by the other formats).
+    pub act: Q8Activations,
 }
 
 /// Bytes of one row of `cols` values in `dtype`, or `None` if `dtype` holds no numbers
@@ -71,9 +88,15 @@ impl<'a> Weights<'a> {
             rows,
             cols,
             data,
+            act: Q8Activations::Int8,
         };
         w.check()?;
         Ok(w)
+    }
+
+    /// The same matrix with activations meeting Q8_0 weights as `act` says.
+    pub fn with_activations(self, act: Q8Activations) -> Self {
+        Weights { act, ..self }
     }
 
     /// View a 2-D tensor of the image as a matrix.
@@ -327,7 +350,7 @@ pub fn linear_vec_on(
     }
 
     let cpu = cpu.usable();
-    if w.dtype == DType::Q8_0 {
+    if w.dtype == DType::Q8_0 && w.act == Q8Activations::Int8 {
         matmul_q8_0(cpu.q8_kernel(), exec, w, x, n, y, scratch)?;
     } else {
         matmul_f32(cpu.f32_kernel(), exec, w, x, n, y, scratch)?;
@@ -382,7 +405,9 @@ fn matmul_f32(
         rows.div_ceil(4),
         n.saturating_mul(rows).saturating_mul(cols),
     );
-    if kernel != F32Kernel::Scalar || tasks > 1 {
+    // Q8_0 rows are never widened into the scratch: its size is planned for W8A8, and
+    // the streaming decode gives the same bits.
+    if kernel != F32Kernel::Scalar || tasks > 1 || w.dtype == DType::Q8_0 {
         let out = SharedMut::new(y);
         for_pieces(exec, rows, tasks, 4, &|range| {
             gemm::f32_rows(kernel, w, x, n, range, &out)
@@ -802,6 +827,7 @@ mod tests {
             rows: 100,
             cols: 64,
             data: &data,
+            act: Q8Activations::Int8,
         };
         assert!(linear_vec(&bad, None, &x, 1, &mut y, &mut s).is_err());
     }

@@ -720,6 +720,24 @@ impl Decode16 for DE4M3 {
     }
 }
 
+/// Q8_0 blocks widened to f32 (W8A32): `d·q`, one rounding, as the reference decodes.
+#[derive(Debug)]
+pub struct DQ8;
+impl Decode16 for DQ8 {
+    #[inline(always)]
+    unsafe fn load(row: *const u8, c: usize) -> (__m256, __m256) {
+        // SAFETY: the row holds block c/2, whose codes are 32 bytes after its scale.
+        unsafe {
+            let blk = row.add(B34 * (c / 2));
+            let d = _mm256_set1_ps(f16_at(blk));
+            let q = blk.add(2 + 16 * (c % 2));
+            let lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(q.cast())));
+            let hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(q.add(8).cast())));
+            (_mm256_mul_ps(d, lo), _mm256_mul_ps(d, hi))
+        }
+    }
+}
+
 /// E5M2 codes in blocks of 32 with an f16 scale.
 #[derive(Debug)]
 pub struct DE5M2;

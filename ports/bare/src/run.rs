@@ -148,6 +148,8 @@ fn session_options(req: &Request<'_>, image: &Image<'_>) -> SessionOptions {
         sampler: req.sampler,
         max_new_tokens: req.max_tokens as usize,
         stop: None,
+        // W8A8: the request blob has no field for it yet.
+        q8_activations: Default::default(),
     }
 }
 

@@ -31,7 +31,20 @@ pub fn convert_to_bytes(input: &Path, quant: QuantArg) -> AlignedBytes {
 
 /// Every position's logits for `tokens`, prefilled `chunk` positions at a time.
 pub fn prefill_all(image: &Image, tokens: &[u32], chunk: usize) -> Vec<f32> {
-    let dec = Decoder::new(image).expect("decoder");
+    prefill_all_with(image, tokens, chunk, Default::default())
+}
+
+/// [`prefill_all`] with activations meeting Q8_0 weights as `act` says.
+#[allow(dead_code)]
+pub fn prefill_all_with(
+    image: &Image,
+    tokens: &[u32],
+    chunk: usize,
+    act: glimpse_core::kernels::linear::Q8Activations,
+) -> Vec<f32> {
+    let dec = Decoder::new(image)
+        .expect("decoder")
+        .with_q8_activations(act);
     let n = tokens.len();
     let mut buf = vec![0u8; DecoderState::arena_bytes(dec.config(), n, chunk).unwrap()];
     let mut arena = Arena::new(&mut buf);
