@@ -406,6 +406,10 @@ def main():
 def report(res, threads, resolutions):
     m = res["machine"]
     print(f"machine: {m['cpu']} x{m['nproc']}, load average {m['load_avg_start']} -> {m.get('load_avg_end')}")
+    info = res["decoder"][threads[0]]["llama.cpp"].get("system_info", "?")
+    print(f"llama.cpp build: {info.strip()}")
+    if "AVX512" not in info and "avx512" in res["decoder"][threads[0]]["glimpse"].get("cpu", "").lower():
+        print("  (llama.cpp lacks the AVX-512 kernels glimpse uses: rebuild it with GGML_NATIVE=ON)")
     print("\nSmolLM2-135M Q8_0 (tokens/s; ratio = glimpse / llama.cpp)")
     print(f"{'threads':>7} {'test':>6} {'llama.cpp':>10} {'glimpse':>10} {'ratio':>6}")
     for t in threads:
