@@ -419,7 +419,7 @@ pub(crate) fn f32_rows(
 ) {
     #[cfg(target_arch = "x86_64")]
     if matches!(kernel, F32Kernel::Avx2 | F32Kernel::Avx512) {
-        x86_f32::rows(w, x, n, range, y);
+        x86_f32::rows(kernel == F32Kernel::Avx512, w, x, n, range, y);
         return;
     }
     let _ = kernel;
@@ -474,12 +474,14 @@ pub(crate) fn dot_decoded(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86_f32 {
-    //! Driver for the AVX2 f32-arithmetic tiles: 4 weight rows x 1 activation row for
-    //! matrix-vector products, 2 x 2 otherwise, single rows for the remainders.
+    //! Driver for the f32-arithmetic tiles (AVX2, or AVX-512 with the same bits): 4 weight
+    //! rows x 1 activation row for matrix-vector products, 2 x 2 otherwise, single rows
+    //! for the remainders.
     use super::*;
     use crate::kernels::x86::{self, DBF16, DE4M3, DE5M2, DF16, DF32, DMxFp8, DQ8, Decode16};
 
     pub(super) fn rows(
+        avx512: bool,
         w: &Weights<'_>,
         x: &[f32],
         n: usize,
@@ -487,18 +489,43 @@ mod x86_f32 {
         y: &SharedMut<'_, f32>,
     ) {
         match w.dtype {
-            DType::F32 => rows_as::<DF32>(w, x, n, range, y),
-            DType::F16 => rows_as::<DF16>(w, x, n, range, y),
-            DType::BF16 => rows_as::<DBF16>(w, x, n, range, y),
-            DType::E4M3 => rows_as::<DE4M3>(w, x, n, range, y),
-            DType::E5M2 => rows_as::<DE5M2>(w, x, n, range, y),
-            DType::MxFp8 => rows_as::<DMxFp8>(w, x, n, range, y),
-            DType::Q8_0 => rows_as::<DQ8>(w, x, n, range, y),
+            DType::F32 => rows_as::<DF32>(avx512, w, x, n, range, y),
+            DType::F16 => rows_as::<DF16>(avx512, w, x, n, range, y),
+            DType::BF16 => rows_as::<DBF16>(avx512, w, x, n, range, y),
+            DType::E4M3 => rows_as::<DE4M3>(avx512, w, x, n, range, y),
+            DType::E5M2 => rows_as::<DE5M2>(avx512, w, x, n, range, y),
+            DType::MxFp8 => rows_as::<DMxFp8>(avx512, w, x, n, range, y),
+            DType::Q8_0 => rows_as::<DQ8>(avx512, w, x, n, range, y),
             _ => {}
         }
     }
 
+    /// One tile at the chosen width.
+    ///
+    /// # Safety
+    ///
+    /// As [`x86::f32_tile_avx2`]; with `avx512`, the CPU implements AVX-512F.
+    #[inline(always)]
+    unsafe fn tile<D: Decode16, const R: usize, const A: usize>(
+        avx512: bool,
+        w: *const u8,
+        rb: usize,
+        x: *const f32,
+        xs: usize,
+        chunks: usize,
+    ) -> [[f32; A]; R] {
+        // SAFETY: forwarded preconditions.
+        unsafe {
+            if avx512 {
+                x86::f32_tile_avx512::<D, R, A>(w, rb, x, xs, chunks)
+            } else {
+                x86::f32_tile_avx2::<D, R, A>(w, rb, x, xs, chunks)
+            }
+        }
+    }
+
     fn rows_as<D: Decode16>(
+        avx512: bool,
         w: &Weights<'_>,
         x: &[f32],
         n: usize,
@@ -524,32 +551,32 @@ mod x86_f32 {
                 let mut out = [[0f32; 2]; 4];
                 // SAFETY: rows r..r+tr lie in `w.data` and activation rows i..i+ta in
                 // `x`, each with `cols >= 16·chunks` values (for block formats cols is a
-                // multiple of 32); AVX2 and F16C are usable (the kernel was selected
-                // from the usable features).
+                // multiple of 32); AVX2 and F16C (and AVX-512F with `avx512`) are usable
+                // (the kernel was selected from the usable features).
                 unsafe {
                     match (tr, ta) {
                         (4, _) => {
-                            let t = x86::f32_tile_avx2::<D, 4, 1>(wp, rb, xp, cols, chunks);
+                            let t = tile::<D, 4, 1>(avx512, wp, rb, xp, cols, chunks);
                             for (o, v) in out.iter_mut().zip(&t) {
                                 o[0] = v[0];
                             }
                         }
                         (2, 2) => {
-                            let t = x86::f32_tile_avx2::<D, 2, 2>(wp, rb, xp, cols, chunks);
+                            let t = tile::<D, 2, 2>(avx512, wp, rb, xp, cols, chunks);
                             out[0] = t[0];
                             out[1] = t[1];
                         }
                         (1, 2) => {
-                            let t = x86::f32_tile_avx2::<D, 1, 2>(wp, rb, xp, cols, chunks);
+                            let t = tile::<D, 1, 2>(avx512, wp, rb, xp, cols, chunks);
                             out[0] = t[0];
                         }
                         (2, _) => {
-                            let t = x86::f32_tile_avx2::<D, 2, 1>(wp, rb, xp, cols, chunks);
+                            let t = tile::<D, 2, 1>(avx512, wp, rb, xp, cols, chunks);
                             out[0][0] = t[0][0];
                             out[1][0] = t[1][0];
                         }
                         _ => {
-                            let t = x86::f32_tile_avx2::<D, 1, 1>(wp, rb, xp, cols, chunks);
+                            let t = tile::<D, 1, 1>(avx512, wp, rb, xp, cols, chunks);
                             out[0][0] = t[0][0];
                         }
                     }

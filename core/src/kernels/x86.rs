@@ -619,6 +619,33 @@ pub trait Decode16 {
     /// The row holds those values (for block formats, their whole block), and the CPU
     /// implements AVX2 and F16C.
     unsafe fn load(row: *const u8, c: usize) -> (__m256, __m256);
+
+    /// The same 16 values as one 512-bit vector (lane `k` = value `16c + k`); by default
+    /// the two halves of [`Decode16::load`] joined.
+    ///
+    /// # Safety
+    ///
+    /// As [`Decode16::load`], and the CPU implements AVX-512F.
+    #[inline(always)]
+    unsafe fn load512(row: *const u8, c: usize) -> __m512 {
+        // SAFETY: forwarded preconditions.
+        unsafe {
+            let (lo, hi) = Self::load(row, c);
+            join512(lo, hi)
+        }
+    }
+}
+
+/// `lo` in lanes 0..8 and `hi` in lanes 8..16.
+#[inline(always)]
+unsafe fn join512(lo: __m256, hi: __m256) -> __m512 {
+    // SAFETY: AVX-512F is enabled by every caller.
+    unsafe {
+        _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+            _mm512_castpd256_pd512(_mm256_castps_pd(lo)),
+            _mm256_castps_pd(hi),
+        ))
+    }
 }
 
 /// f32 weights.
@@ -632,6 +659,12 @@ impl Decode16 for DF32 {
             let p = row.add(64 * c).cast::<f32>();
             (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
         }
+    }
+
+    #[inline(always)]
+    unsafe fn load512(row: *const u8, c: usize) -> __m512 {
+        // SAFETY: as `load`; AVX-512F is enabled by the caller.
+        unsafe { _mm512_loadu_ps(row.add(64 * c).cast::<f32>()) }
     }
 }
 
@@ -649,6 +682,12 @@ impl Decode16 for DF16 {
                 _mm256_cvtph_ps(_mm_loadu_si128(p.add(16).cast())),
             )
         }
+    }
+
+    #[inline(always)]
+    unsafe fn load512(row: *const u8, c: usize) -> __m512 {
+        // SAFETY: as `load`; AVX-512F is enabled by the caller.
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(row.add(32 * c).cast())) }
     }
 }
 
@@ -734,6 +773,17 @@ impl Decode16 for DQ8 {
             let lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(q.cast())));
             let hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(q.add(8).cast())));
             (_mm256_mul_ps(d, lo), _mm256_mul_ps(d, hi))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn load512(row: *const u8, c: usize) -> __m512 {
+        // SAFETY: as `load`; AVX-512F is enabled by the caller.
+        unsafe {
+            let blk = row.add(B34 * (c / 2));
+            let d = _mm512_set1_ps(f16_at(blk));
+            let q = _mm_loadu_si128(blk.add(2 + 16 * (c % 2)).cast());
+            _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)))
         }
     }
 }
@@ -845,6 +895,46 @@ pub unsafe fn f32_tile_avx2<D: Decode16, const R: usize, const A: usize>(
 ) -> [[f32; A]; R] {
     // SAFETY: forwarded preconditions.
     unsafe { f32_tile_body::<D, R, A>(w, rb, x, xs, chunks) }
+}
+
+/// AVX-512 form of [`f32_tile_avx2`]: one 16-lane vector per (row, activation) pair, the
+/// same lane sums and tree, so the same bits.
+///
+/// # Safety
+///
+/// As [`f32_tile_avx2`], and the CPU implements AVX-512F.
+#[target_feature(enable = "avx2,f16c,avx512f")]
+pub unsafe fn f32_tile_avx512<D: Decode16, const R: usize, const A: usize>(
+    w: *const u8,
+    rb: usize,
+    x: *const f32,
+    xs: usize,
+    chunks: usize,
+) -> [[f32; A]; R] {
+    // SAFETY (whole body): forwarded preconditions.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); A]; R];
+        for c in 0..chunks {
+            let mut xv = [_mm512_setzero_ps(); A];
+            for (a, v) in xv.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(x.add(a * xs + 16 * c));
+            }
+            for (r, accr) in acc.iter_mut().enumerate() {
+                let wv = D::load512(w.add(r * rb), c);
+                for (s, &xa) in accr.iter_mut().zip(&xv) {
+                    *s = _mm512_add_ps(*s, _mm512_mul_ps(xa, wv));
+                }
+            }
+        }
+        let mut out = [[0f32; A]; R];
+        for (o, accr) in out.iter_mut().zip(&acc) {
+            for (v, &s) in o.iter_mut().zip(accr) {
+                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(s)));
+                *v = tree16(_mm512_castps512_ps256(s), hi);
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
