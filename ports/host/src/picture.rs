@@ -22,14 +22,14 @@ pub struct Picture {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PictureError {
-    /// The file could not be read or decoded.
-    #[error("decoding {}: {source}", path.display())]
+    /// The file could not be read or decoded. (The decoder's error is part of the
+    /// message rather than a `source`: its own chain repeats itself.)
+    #[error("decoding {}: {error}", path.display())]
     Decode {
         /// The file.
         path: PathBuf,
         /// What the decoder said.
-        #[source]
-        source: image::ImageError,
+        error: image::ImageError,
     },
     /// Every file of a [`PictureFiles`] has been captured.
     #[error("no more pictures")]
@@ -53,7 +53,7 @@ pub enum PictureError {
 impl glimpse_hal::Error for PictureError {
     fn kind(&self) -> ErrorKind {
         match self {
-            PictureError::Decode { source, .. } => match source {
+            PictureError::Decode { error, .. } => match error {
                 image::ImageError::IoError(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     ErrorKind::NotFound
                 }
@@ -69,9 +69,9 @@ impl Picture {
     /// Decode a PNG or JPEG into RGB888 (alpha dropped, grey widened).
     pub fn open(path: &Path) -> Result<Picture, PictureError> {
         let img = image::open(path)
-            .map_err(|source| PictureError::Decode {
+            .map_err(|error| PictureError::Decode {
                 path: path.to_path_buf(),
-                source,
+                error,
             })?
             .to_rgb8();
         let (w, h) = img.dimensions();
