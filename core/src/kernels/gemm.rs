@@ -329,10 +329,17 @@ mod x86_q8 {
                         tile_out(kernel, tile, pair, wp, rb, nb, pa, gstride, ps, sstride)
                     };
                     let groups = if pair { 2 } else { 1 };
-                    for (t, row_out) in out.iter().enumerate().take(tile) {
-                        for (k, v) in row_out.iter().take(groups * g).enumerate() {
-                            // SAFETY: this task owns columns `range` of every output row.
-                            unsafe { y.write((gi * g + k) * rows + r + t, *v) };
+                    // Activation row outer: the tile's `tile` outputs of one activation
+                    // row are adjacent in `y`, so each goes out as one short run (one
+                    // bounds check) instead of `tile` strided stores.
+                    for k in 0..groups * g {
+                        let base = (gi * g + k) * rows + r;
+                        // SAFETY: this task owns columns `range` of every output row, and
+                        // r..r+tile lies in `range`.
+                        if let Some(dst) = unsafe { y.slice(base..base + tile) } {
+                            for (d, row_out) in dst.iter_mut().zip(&out) {
+                                *d = row_out[k];
+                            }
                         }
                     }
                     gi += groups;
