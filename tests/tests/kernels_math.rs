@@ -1,5 +1,6 @@
 //! The vectorised element-wise math against the scalar definitions: `gelu_inplace` at
-//! every width the CPU allows must give `gelu`'s bits, special values included.
+//! every width the CPU allows must give `gelu`'s bits, special values included; vision
+//! self-attention likewise.
 
 use glimpse_core::kernels::math::{gelu, gelu_inplace};
 
@@ -30,5 +31,40 @@ fn vectorised_gelu_is_the_scalar_gelu() {
             g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
             "{active:?}: element {k}: {g} vs {w}"
         );
+    }
+}
+
+/// Vision self-attention compiled for AVX2 and AVX-512 gives the portable loop's bits
+/// (its loops have no cross-lane reductions): token counts under, at and past the 16-query
+/// and 64-key blocks, and odd head widths.
+#[test]
+fn vectorised_attention_is_the_scalar_attention() {
+    use glimpse_core::kernels::attention::{PackedQkv, self_attention_on};
+    use glimpse_core::kernels::cpu::Cpu;
+    let active = glimpse_host::cpu::install(None);
+    let widths = [active, active.without(Cpu::AVX512F)];
+    for (tokens, heads, head_dim) in [(5, 2, 8), (16, 3, 12), (70, 4, 32), (129, 2, 20)] {
+        let l = PackedQkv {
+            tokens,
+            heads,
+            head_dim,
+        };
+        let qkv: Vec<f32> = (0..tokens * 3 * l.dim())
+            .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 3.0)
+            .collect();
+        let mut scratch = vec![0f32; l.scratch_floats()];
+        let mut want = vec![0f32; tokens * l.dim()];
+        self_attention_on(Cpu::SCALAR, &l, &qkv, 0.3, &mut want, &mut scratch).unwrap();
+        for cpu in widths {
+            let mut got = vec![f32::NAN; tokens * l.dim()];
+            self_attention_on(cpu, &l, &qkv, 0.3, &mut got, &mut scratch).unwrap();
+            for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(
+                    g.to_bits(),
+                    w.to_bits(),
+                    "{cpu:?} {tokens}x{heads}x{head_dim} #{k}"
+                );
+            }
+        }
     }
 }

@@ -6,6 +6,9 @@
 //! buffer.
 
 use crate::error::Error;
+use crate::kernels::cpu::Cpu;
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::cpu::F32Kernel;
 
 /// Queries processed together: they share one transposed key block.
 pub const Q_BLOCK: usize = 16;
@@ -78,6 +81,69 @@ pub fn self_attention(
     out: &mut [f32],
     scratch: &mut [f32],
 ) -> Result<(), Error> {
+    self_attention_on(Cpu::active(), l, qkv, scale, out, scratch)
+}
+
+/// [`self_attention`] compiled for the widest vectors `cpu` allows (intersected with what
+/// is active). The loops have no reductions across lanes, so every width gives the same
+/// bits; this exists to test that.
+pub fn self_attention_on(
+    cpu: Cpu,
+    l: &PackedQkv,
+    qkv: &[f32],
+    scale: f32,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) -> Result<(), Error> {
+    #[cfg(target_arch = "x86_64")]
+    match cpu.usable().f32_kernel() {
+        // SAFETY: the kernel kind was chosen from the usable CPU features.
+        F32Kernel::Avx512 => return unsafe { attention_avx512(l, qkv, scale, out, scratch) },
+        F32Kernel::Avx2 => return unsafe { attention_avx2(l, qkv, scale, out, scratch) },
+        _ => {}
+    }
+    let _ = cpu;
+    attention_body(l, qkv, scale, out, scratch)
+}
+
+/// # Safety
+///
+/// The CPU implements AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn attention_avx2(
+    l: &PackedQkv,
+    qkv: &[f32],
+    scale: f32,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) -> Result<(), Error> {
+    attention_body(l, qkv, scale, out, scratch)
+}
+
+/// # Safety
+///
+/// The CPU implements AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f")]
+unsafe fn attention_avx512(
+    l: &PackedQkv,
+    qkv: &[f32],
+    scale: f32,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) -> Result<(), Error> {
+    attention_body(l, qkv, scale, out, scratch)
+}
+
+#[inline(always)]
+fn attention_body(
+    l: &PackedQkv,
+    qkv: &[f32],
+    scale: f32,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) -> Result<(), Error> {
     let (n, hd, c) = (l.tokens, l.head_dim, l.dim());
     if n == 0 || hd == 0 || l.heads == 0 {
         return Err(Error::EmptyInput);
@@ -143,13 +209,8 @@ pub fn self_attention(
                     let s = sc
                         .get_mut(i * K_BLOCK..i * K_BLOCK + nk)
                         .unwrap_or_default();
-                    s.fill(0.0);
                     let q = qs.get(i * hd..(i + 1) * hd).unwrap_or_default();
-                    for (&qd, krow) in q.iter().zip(kt.chunks_exact(K_BLOCK)) {
-                        for (s, &k) in s.iter_mut().zip(krow) {
-                            *s += qd * k;
-                        }
-                    }
+                    scores(q, kt, s);
                     let block_max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     let (Some(m), Some(l)) = (mx.get_mut(i), sum.get_mut(i)) else {
                         continue;
@@ -162,11 +223,11 @@ pub fn self_attention(
                         exp_nonpositive(*m - m_new)
                     };
                     *m = m_new;
-                    let mut block_sum = 0.0;
+                    // Two loops: the exponentials vectorise; the sum keeps its order.
                     for p in s.iter_mut() {
                         *p = exp_nonpositive(*p - m_new);
-                        block_sum += *p;
                     }
+                    let block_sum = s.iter().fold(0.0f32, |acc, &p| acc + p);
                     *l = *l * corr + block_sum;
                     let acc = o.get_mut(qo..qo + hd).unwrap_or_default();
                     if corr != 1.0 {
@@ -174,10 +235,14 @@ pub fn self_attention(
                             *a *= corr;
                         }
                     }
-                    for (&p, row) in s.iter().zip(rows().skip(k0)) {
-                        let v = row.get(vo..vo + hd).unwrap_or_default();
-                        for (a, &v) in acc.iter_mut().zip(v) {
-                            *a += p * v;
+                    if hd == FAST_HD {
+                        weighted_sum_fixed::<FAST_HD>(acc, s, rows().skip(k0), vo);
+                    } else {
+                        for (&p, row) in s.iter().zip(rows().skip(k0)) {
+                            let v = row.get(vo..vo + hd).unwrap_or_default();
+                            for (a, &v) in acc.iter_mut().zip(v) {
+                                *a += p * v;
+                            }
                         }
                     }
                 }
@@ -197,12 +262,101 @@ pub fn self_attention(
     Ok(())
 }
 
+/// The head width with register-resident loops (FastViTHD's: 768 / 24 and 1536 / 48).
+const FAST_HD: usize = 32;
+
+/// `s[j] = Σ_d q[d]·kt[d][j]` in `d` order (each lane: zero, then multiply-add per `d`).
+/// A full key block at [`FAST_HD`] keeps its 64 sums in registers; the arithmetic is the
+/// same either way.
+#[inline(always)]
+fn scores(q: &[f32], kt: &[f32], s: &mut [f32]) {
+    if q.len() == FAST_HD && s.len() == K_BLOCK {
+        let mut acc = [0f32; K_BLOCK];
+        for (&qd, krow) in q.iter().zip(kt.chunks_exact(K_BLOCK)).take(FAST_HD) {
+            for (a, &k) in acc.iter_mut().zip(krow) {
+                *a += qd * k;
+            }
+        }
+        for (d, &a) in s.iter_mut().zip(&acc) {
+            *d = a;
+        }
+        return;
+    }
+    s.fill(0.0);
+    for (&qd, krow) in q.iter().zip(kt.chunks_exact(K_BLOCK)) {
+        for (s, &k) in s.iter_mut().zip(krow) {
+            *s += qd * k;
+        }
+    }
+}
+
+/// `acc += Σ_j p[j]·v_j` in `j` order with the `HD` accumulators in registers (the same
+/// operations, element by element, as the general loop).
+#[inline(always)]
+fn weighted_sum_fixed<'r, const HD: usize>(
+    acc: &mut [f32],
+    p: &[f32],
+    rows: impl Iterator<Item = &'r [f32]>,
+    vo: usize,
+) {
+    let mut a = [0f32; HD];
+    for (x, &y) in a.iter_mut().zip(acc.iter()) {
+        *x = y;
+    }
+    for (&pj, row) in p.iter().zip(rows) {
+        let Some(v) = row.get(vo..vo + HD) else {
+            continue;
+        };
+        for (x, &vd) in a.iter_mut().zip(v) {
+            *x += pj * vd;
+        }
+    }
+    for (y, &x) in acc.iter_mut().zip(&a) {
+        *y = x;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::test_util::values;
     use std::vec;
     use std::vec::Vec;
+
+    #[test]
+    fn register_paths_give_the_general_loops_bits() {
+        let q = values(FAST_HD, 3);
+        let kt = values(FAST_HD * K_BLOCK, 4);
+        let mut fast = vec![f32::NAN; K_BLOCK];
+        scores(&q, &kt, &mut fast);
+        let mut general = vec![0f32; K_BLOCK];
+        for (&qd, krow) in q.iter().zip(kt.chunks_exact(K_BLOCK)) {
+            for (s, &k) in general.iter_mut().zip(krow) {
+                *s += qd * k;
+            }
+        }
+        assert_eq!(
+            fast.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            general.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+
+        let (c3, vo) = (3 * 40, 2 * 40 + 5);
+        let rows = values(K_BLOCK * c3, 5);
+        let p = values(K_BLOCK, 6);
+        let start = values(FAST_HD, 7);
+        let mut fast = start.clone();
+        weighted_sum_fixed::<FAST_HD>(&mut fast, &p, rows.chunks_exact(c3), vo);
+        let mut general = start;
+        for (&pj, row) in p.iter().zip(rows.chunks_exact(c3)) {
+            for (a, &v) in general.iter_mut().zip(&row[vo..vo + FAST_HD]) {
+                *a += pj * v;
+            }
+        }
+        assert_eq!(
+            fast.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            general.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+    }
 
     #[test]
     fn exp_is_accurate_on_the_softmax_range() {
