@@ -35,7 +35,7 @@ fn vectorised_gelu_is_the_scalar_gelu() {
 }
 
 /// Vision self-attention compiled for AVX2 and AVX-512 gives the portable loop's bits
-/// (its loops have no cross-lane reductions): token counts under, at and past the 16-query
+/// (its loops have no cross-lane reductions): token counts under, at and past the 64-query
 /// and 64-key blocks, and odd head widths.
 #[test]
 fn vectorised_attention_is_the_scalar_attention() {
