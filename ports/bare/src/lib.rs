@@ -13,6 +13,7 @@
 extern crate std;
 
 pub mod console;
+pub mod cpu;
 pub mod error;
 pub mod memory;
 pub mod request;

@@ -53,10 +53,12 @@ fn run() -> i32 {
         addr: arena.as_ptr() as u64,
         len: arena.len() as u64,
     };
+    let cpu = glimpse_bare::cpu::detect_and_install();
     let _ = writeln!(
         out,
-        "glimpse qemu-virt: aarch64 EL{}, MMU and caches on, arena {} MiB at {:#x}",
+        "glimpse qemu-virt: aarch64 EL{}, MMU and caches on, {:?}, arena {} MiB at {:#x}",
         boot::current_el(),
+        cpu,
         arena.len() >> 20,
         arena_window.addr
     );
