@@ -1,6 +1,6 @@
 //! Installing a thread pool as the core's default executor (what `glimpse bench
 //! --threads` does) changes no result of the entry points without an executor argument:
-//! linear, grouped and dense convs give the same bits before and after. Its own test
+//! linear, grouped and dense convs and GELU give the same bits before and after. Its own test
 //! binary, because the default executor is process-wide.
 
 use glimpse_core::kernels::conv::{Dense, Grouped, Params, dense_conv_planar, grouped_conv};
@@ -89,6 +89,10 @@ fn run_all() -> Vec<u32> {
     )
     .unwrap();
     out.extend(y.iter().map(|v| v.to_bits()));
+    // GELU over a buffer long enough to be split (a ConvFFN hidden tile's size).
+    let mut h = values(384 * 4096 + 13, 9);
+    glimpse_core::kernels::math::gelu_inplace(&mut h);
+    out.extend(h.iter().map(|v| v.to_bits()));
     out
 }
 

@@ -5,8 +5,11 @@
 //! functions used here), except GELU's erf, which is a branch-free polynomial form so
 //! it vectorises (within 1.4 ulp); the tests measure each against an f64 evaluation.
 
+use glimpse_hal::Executor;
+
 use crate::error::Error;
 use crate::kernels::Vector;
+use crate::kernels::par::{SharedMut, for_pieces, task_count, with_default_executor};
 
 fn same_len(what: &'static str, expected: usize, got: usize) -> Result<(), Error> {
     if expected == got {
@@ -169,9 +172,36 @@ pub fn gelu(x: f32) -> f32 {
     0.5 * x * one_plus_erf
 }
 
-/// [`gelu`] over a slice, in place, vectorised at the widest width the CPU allows (the
-/// same bits at every width).
+/// [`gelu`] over a slice, in place, vectorised at the widest width the CPU allows and
+/// split across the default executor's tasks when long (the same bits either way: each
+/// element is computed alone).
 pub fn gelu_inplace(x: &mut [f32]) {
+    with_default_executor(|exec| gelu_inplace_with(exec, x));
+}
+
+/// Multiply-adds one GELU is worth, for sizing tasks (the erf polynomials and the
+/// exponential).
+const GELU_WORK: usize = 32;
+
+/// [`gelu_inplace`] on `exec`.
+pub fn gelu_inplace_with(exec: &mut dyn Executor, x: &mut [f32]) {
+    let len = x.len();
+    let tasks = task_count(exec, len / 64, len.saturating_mul(GELU_WORK));
+    if tasks <= 1 {
+        gelu_vectorised(x);
+        return;
+    }
+    let out = SharedMut::new(x);
+    for_pieces(exec, len, tasks, 64, &|range| {
+        // SAFETY: the pieces of `for_pieces` are disjoint, so each task owns its range.
+        if let Some(s) = unsafe { out.slice(range) } {
+            gelu_vectorised(s);
+        }
+    });
+}
+
+/// [`gelu`] over a slice at the widest width the CPU allows, on this thread.
+fn gelu_vectorised(x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     match crate::kernels::cpu::Cpu::active().f32_kernel() {
         // SAFETY: the kernel kind was chosen from the active CPU features.
