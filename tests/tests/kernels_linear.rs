@@ -250,7 +250,9 @@ fn threads_do_not_change_a_bit() {
         let w = values(rows * cols, 17, 0.05);
         let data = encode(dtype, &w, rows, cols);
         let wm = Weights::new(dtype, rows, cols, &data).unwrap();
-        for n in [1usize, 5, 37] {
+        // 150 rows are enough work to split the activation quantizer too (in whole
+        // packed groups, with a plain tail).
+        for n in [1usize, 5, 37, 150] {
             let x = values(n * cols, 23 + n as u64, 1.0);
             // The reference: scalar kernel, one task, through the public entry point.
             let mut want = vec![0f32; n * rows];

@@ -13,7 +13,9 @@ use glimpse_quant::layout::QK;
 
 use crate::kernels::cpu::{F32Kernel, Q8Kernel};
 use crate::kernels::linear::{Weights, decode_row, dot_q8_row, lane_sums16, tree16};
-use crate::kernels::par::SharedMut;
+use glimpse_hal::Executor;
+
+use crate::kernels::par::{SharedMut, for_pieces, task_count};
 
 /// Activation rows quantized per pass of the GEMM loop: their codes (about 256 KiB) stay
 /// in L2 while every weight row of a task passes over them.
@@ -53,6 +55,54 @@ impl ActLayout {
     pub fn packed_rows(&self) -> usize {
         self.group * self.full
     }
+}
+
+/// [`quantize_acts`] with the rows split across `exec`'s tasks in whole packed groups:
+/// a piece of rows `r0..r1` (multiples of the group) owns exactly bytes `r0·cols ..
+/// r1·cols` of `codes` and scales `r0·nb .. r1·nb`, packed or not, so the pieces write
+/// disjoint memory and the bytes are those of one call.
+pub(crate) fn quantize_acts_with(
+    exec: &mut dyn Executor,
+    kernel: Q8Kernel,
+    x: &[f32],
+    cols: usize,
+    lay: ActLayout,
+    codes: &mut [u8],
+    scales: &mut [f32],
+) {
+    let nb = cols / QK;
+    let n = x.len() / cols.max(1);
+    let unit = lay.group.max(1);
+    let tasks = task_count(
+        exec,
+        n.div_ceil(unit),
+        n.saturating_mul(cols).saturating_mul(4),
+    );
+    if tasks <= 1 || nb * QK != cols {
+        quantize_acts(kernel, x, cols, lay, codes, scales);
+        return;
+    }
+    let packed = lay.packed_rows();
+    let (c, sc) = (SharedMut::new(codes), SharedMut::new(scales));
+    for_pieces(exec, n, tasks, unit, &|rows| {
+        let (r0, r1) = (rows.start, rows.end);
+        let full = if lay.group == 0 {
+            0
+        } else {
+            (r1.min(packed).saturating_sub(r0)) / lay.group
+        };
+        let part = ActLayout { full, ..lay };
+        // SAFETY: pieces are disjoint row ranges, and a range's codes and scales are its
+        // own (see above).
+        let (Some(pc), Some(ps), Some(px)) = (
+            unsafe { c.slice(r0 * cols..r1 * cols) },
+            unsafe { sc.slice(r0 * nb..r1 * nb) },
+            x.get(r0 * cols..r1 * cols),
+        ) else {
+            return;
+        };
+        quantize_acts(kernel, px, cols, part, pc, ps);
+    });
 }
 
 /// Quantize the rows of `x` (`cols` wide) into `codes` / `scales` (`n·cols` and

@@ -539,7 +539,7 @@ fn matmul_q8_0(
         return Ok(());
     }
     let lay = ActLayout::new(kernel, n);
-    gemm::quantize_acts(kernel, x, cols, lay, codes, scales);
+    gemm::quantize_acts_with(exec, kernel, x, cols, lay, codes, scales);
     let (codes, scales) = (&*codes, &*scales);
     let tasks = task_count(
         exec,
