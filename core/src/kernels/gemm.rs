@@ -86,11 +86,9 @@ pub(crate) fn quantize_acts_with(
     let (c, sc) = (SharedMut::new(codes), SharedMut::new(scales));
     for_pieces(exec, n, tasks, unit, &|rows| {
         let (r0, r1) = (rows.start, rows.end);
-        let full = if lay.group == 0 {
-            0
-        } else {
-            (r1.min(packed).saturating_sub(r0)) / lay.group
-        };
+        let full = (r1.min(packed).saturating_sub(r0))
+            .checked_div(lay.group)
+            .unwrap_or(0);
         let part = ActLayout { full, ..lay };
         // SAFETY: pieces are disjoint row ranges, and a range's codes and scales are its
         // own (see above).
