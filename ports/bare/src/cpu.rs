@@ -22,8 +22,8 @@ pub fn detect_and_install() -> Cpu {
 }
 
 /// The features the aarch64 ID register values `isar0` (ID_AA64ISAR0_EL1) and `pfr0`
-/// (ID_AA64PFR0_EL1) say the CPU has: AdvSIMD is PFR0[23:20] (0 or 1 = present, 0xF =
-/// absent), DotProd is ISAR0[47:44] (>= 1) and needs AdvSIMD.
+/// (ID_AA64PFR0_EL1) say the CPU has: AdvSIMD is PFR0 bits 23..20 (0 or 1 = present,
+/// 0xF = absent), DotProd is ISAR0 bits 47..44 (>= 1) and needs AdvSIMD.
 pub fn from_id_registers(isar0: u64, pfr0: u64) -> Cpu {
     let advsimd = (pfr0 >> 20) & 0xF;
     if advsimd == 0xF {
