@@ -13,12 +13,29 @@ pub fn scripts_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts")
 }
 
-/// Path of the `glimpse` binary built for these tests, if Cargo built it.
+/// The workspace root (the repository checkout).
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(PathBuf::from)
         .unwrap_or_default()
+}
+
+/// The `glimpse` binary Cargo built beside the running test (`cargo test --workspace`
+/// builds it for the tools package's own tests); panics with how to build it if absent.
+pub fn glimpse_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target dir");
+    let bin = dir.join(format!("glimpse{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "{} not built; run `cargo build --release -p glimpse-tools` or `cargo test --workspace`",
+        bin.display()
+    );
+    bin
 }
 
 /// Cache of downloaded real-model artefacts (never inside the repository).

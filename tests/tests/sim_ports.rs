@@ -36,7 +36,7 @@ use glimpse_bare::request::Request;
 use glimpse_bare::{NoCounter, exit, serve};
 use glimpse_core::preprocess::Frame;
 use glimpse_hal::PixelFormat;
-use glimpse_tests::{AlignedBytes, workspace_root};
+use glimpse_tests::{AlignedBytes, glimpse_bin, workspace_root};
 use glimpse_tools::convert::{Options, convert};
 use glimpse_tools::run::load_picture;
 use glimpse_tools::sim::{self, Port, SimOptions, SimOutcome};
@@ -82,48 +82,43 @@ fn smollm2_image() -> Option<&'static Path> {
         .map(|(_, p)| p.as_path())
 }
 
-/// The tiny FastVLM of tests/fixtures/pipeline converted at f32 (as the pipeline tests
-/// convert it) to an image file, once per test run.
-fn tiny_vlm_image() -> &'static Path {
-    static IMAGE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    let (_, path) = IMAGE.get_or_init(|| {
+/// `input` (relative to the workspace root) converted with `quant` to an image file in a
+/// directory `cell` keeps for the whole test run.
+fn converted_once(
+    cell: &'static OnceLock<(tempfile::TempDir, PathBuf)>,
+    input: &str,
+    quant: QuantArg,
+) -> &'static Path {
+    let (_, path) = cell.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tempdir");
-        let output = dir.path().join("tiny-fastvlm-f32.glim");
+        let output = dir.path().join("model.glim");
         let opts = Options {
-            input: workspace_root().join("tests/fixtures/pipeline"),
+            input: workspace_root().join(input),
             output: output.clone(),
-            quant: QuantArg::F32,
+            quant,
             keep: KeepArg::F32,
             config: None,
             tokenizer: None,
             progress: false,
         };
-        convert(&opts).unwrap_or_else(|e| panic!("converting the pipeline fixture: {e:#}"));
+        convert(&opts).unwrap_or_else(|e| panic!("converting {input}: {e:#}"));
         (dir, output)
     });
     path
 }
 
-/// The bundled tiny trained FastVLM (models/tiny-fastvlm) converted to Q8_0, once per
-/// test run: the model the Cortex-M55 demo is about.
+/// The tiny FastVLM of tests/fixtures/pipeline converted at f32 (as the pipeline tests
+/// convert it).
+fn tiny_vlm_image() -> &'static Path {
+    static IMAGE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    converted_once(&IMAGE, "tests/fixtures/pipeline", QuantArg::F32)
+}
+
+/// The bundled tiny trained FastVLM (models/tiny-fastvlm) converted to Q8_0: the model
+/// the Cortex-M55 demo is about.
 fn trained_vlm_image() -> &'static Path {
     static IMAGE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    let (_, path) = IMAGE.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let output = dir.path().join("tiny-fastvlm-q8_0.glim");
-        let opts = Options {
-            input: workspace_root().join("models/tiny-fastvlm"),
-            output: output.clone(),
-            quant: QuantArg::Q8_0,
-            keep: KeepArg::F32,
-            config: None,
-            tokenizer: None,
-            progress: false,
-        };
-        convert(&opts).unwrap_or_else(|e| panic!("converting models/tiny-fastvlm: {e:#}"));
-        (dir, output)
-    });
-    path
+    converted_once(&IMAGE, "models/tiny-fastvlm", QuantArg::Q8_0)
 }
 
 /// Which weights a case runs.
@@ -225,20 +220,6 @@ fn expected_caption(picture: &str) -> String {
         .as_str()
         .unwrap_or_else(|| panic!("eval.json has no caption for {key}"))
         .to_string()
-}
-
-/// The `glimpse` binary Cargo built beside this test (`cargo test --workspace` builds it
-/// for the tools package's own tests).
-fn glimpse_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join(format!("glimpse{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.is_file(),
-        "{} not built; run `cargo build --release -p glimpse-tools` or `cargo test --workspace`",
-        bin.display()
-    );
-    bin
 }
 
 /// The host port's ids for `case` on `image`: `glimpse run --json`.

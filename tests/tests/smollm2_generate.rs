@@ -230,19 +230,6 @@ fn smollm2_q8_0_with_f32_activations_knows_the_capital_of_france() {
     use glimpse_core::kernels::linear::Q8Activations;
     use glimpse_core::planner::{ArenaPlan, PlanOptions};
     use glimpse_core::session::{Session, SessionOptions};
-    use glimpse_hal::{ErrorKind, ErrorType, TokenSink};
-
-    struct Text(Vec<u8>);
-    impl ErrorType for Text {
-        type Error = ErrorKind;
-    }
-    impl TokenSink for Text {
-        fn token(&mut self, _id: u32, bytes: &[u8]) -> Result<(), ErrorKind> {
-            self.0.extend_from_slice(bytes);
-            Ok(())
-        }
-    }
-
     let Some(bytes) = converted(QuantArg::Q8_0) else {
         return;
     };
@@ -269,9 +256,9 @@ fn smollm2_q8_0_with_f32_activations_knows_the_capital_of_france() {
             opts,
         )
         .expect("session");
-        let mut text = Text(Vec::new());
-        s.ask_turn(None, None, question, &mut text).expect("ask");
-        String::from_utf8(text.0).expect("UTF-8")
+        let mut sink = glimpse_tools::run::CollectSink::default();
+        s.ask_turn(None, None, question, &mut sink).expect("ask");
+        String::from_utf8(sink.text).expect("UTF-8")
     };
     let w8a8 = answer(Q8Activations::Int8);
     let w8a32 = answer(Q8Activations::F32);

@@ -12,15 +12,16 @@
 //! relative (tests/tests/pipeline_golden.rs), so a caption can only differ where two
 //! logits tie to that precision; one such caption in 200 is allowed, more means a bug.
 
-use std::path::{Path, PathBuf};
+mod decoder_common;
+
+use std::path::PathBuf;
 use std::process::Command;
 
 use glimpse_core::Image;
-use glimpse_tests::workspace_root;
-use glimpse_tools::convert::{Options, convert};
+use glimpse_tests::{glimpse_bin, workspace_root};
+use glimpse_tools::QuantArg;
 use glimpse_tools::demo::{Captioner, QUESTION};
 use glimpse_tools::run::{Picture, load_picture};
-use glimpse_tools::{KeepArg, QuantArg};
 
 fn model_dir() -> PathBuf {
     workspace_root().join("models").join("tiny-fastvlm")
@@ -79,37 +80,33 @@ fn heldout() -> Heldout {
     }
 }
 
-/// The bundled checkpoint converted with `quant` into a temporary directory.
-fn converted(quant: QuantArg) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let output = dir.path().join("tiny.glim");
-    convert(&Options {
-        input: model_dir(),
-        output: output.clone(),
-        quant,
-        keep: KeepArg::F32,
-        config: None,
-        tokenizer: None,
-        progress: false,
-    })
-    .unwrap_or_else(|e| panic!("converting models/tiny-fastvlm to {quant:?}: {e:#}"));
-    (dir, output)
-}
-
-/// Captions of every held-out scene from the image at `path`.
-fn caption_all(path: &Path, set: &Heldout) -> Vec<String> {
-    let bytes = glimpse_tests::AlignedBytes::new(&std::fs::read(path).expect("reading image"));
+/// Captions of every held-out scene from the bundled checkpoint converted with `quant`
+/// (checksums verified), with their exact-match rate and the failures; prints both.
+fn caption_heldout(set: &Heldout, quant: QuantArg) -> (Vec<String>, f64, Vec<String>) {
+    let bytes = decoder_common::convert_to_bytes(&model_dir(), quant);
     let image = Image::parse(bytes.as_slice()).expect("parsing the image");
     image.verify().expect("verifying the image");
     let mut cap = Captioner::new(&image, QUESTION, 128, 32).expect("planning");
-    set.pictures
+    let got: Vec<String> = set
+        .pictures
         .iter()
         .map(|p| {
             cap.caption(p.frame(), QUESTION)
                 .unwrap_or_else(|e| panic!("captioning: {e:#}"))
                 .text
         })
-        .collect()
+        .collect();
+    let (acc, fails) = score(&got, &set.captions);
+    eprintln!(
+        "{quant:?}: exact match {:.1}% on {} held-out scenes ({} bytes of weights)",
+        acc * 100.0,
+        set.captions.len(),
+        bytes.as_slice().len()
+    );
+    for f in &fails {
+        eprintln!("  {f}");
+    }
+    (got, acc, fails)
 }
 
 /// Exact-match rate of `got` against `want`, and the failures for the message.
@@ -127,21 +124,14 @@ fn score(got: &[String], want: &[String]) -> (f64, Vec<String>) {
 #[test]
 fn f32_captions_meet_the_goal_and_match_pytorch() {
     let set = heldout();
-    let (_dir, path) = converted(QuantArg::F32);
-    let got = caption_all(&path, &set);
-    let (acc, fails) = score(&got, &set.captions);
+    let (got, acc, fails) = caption_heldout(&set, QuantArg::F32);
     let (agree, diffs) = score(&got, &set.pytorch);
     let (torch_acc, _) = score(&set.pytorch, &set.captions);
     eprintln!(
-        "f32: exact match {:.1}% on {} held-out scenes (PyTorch f32: {:.1}%); same caption as PyTorch {:.1}%",
-        acc * 100.0,
-        set.captions.len(),
+        "PyTorch f32: exact match {:.1}%; glimpse f32 gives PyTorch's caption on {:.1}%",
         torch_acc * 100.0,
         agree * 100.0
     );
-    for f in &fails {
-        eprintln!("  {f}");
-    }
     assert!(acc >= 0.95, "f32 exact match {acc:.3} < 0.95: {fails:#?}");
     assert!(
         diffs.len() <= 1,
@@ -152,18 +142,7 @@ fn f32_captions_meet_the_goal_and_match_pytorch() {
 #[test]
 fn q8_0_captions_meet_the_goal() {
     let set = heldout();
-    let (_dir, path) = converted(QuantArg::Q8_0);
-    let got = caption_all(&path, &set);
-    let (acc, fails) = score(&got, &set.captions);
-    eprintln!(
-        "q8_0: exact match {:.1}% on {} held-out scenes ({} bytes)",
-        acc * 100.0,
-        set.captions.len(),
-        std::fs::metadata(&path).map_or(0, |m| m.len())
-    );
-    for f in &fails {
-        eprintln!("  {f}");
-    }
+    let (_, acc, fails) = caption_heldout(&set, QuantArg::Q8_0);
     assert!(acc >= 0.95, "q8_0 exact match {acc:.3} < 0.95: {fails:#?}");
 }
 
@@ -172,27 +151,8 @@ fn q8_0_captions_meet_the_goal() {
 #[test]
 fn e4m3_captions_stay_close() {
     let set = heldout();
-    let (_dir, path) = converted(QuantArg::E4m3);
-    let got = caption_all(&path, &set);
-    let (acc, fails) = score(&got, &set.captions);
-    eprintln!(
-        "e4m3: exact match {:.1}% on {} held-out scenes",
-        acc * 100.0,
-        set.captions.len()
-    );
-    for f in &fails {
-        eprintln!("  {f}");
-    }
+    let (_, acc, fails) = caption_heldout(&set, QuantArg::E4m3);
     assert!(acc >= 0.90, "e4m3 exact match {acc:.3} < 0.90: {fails:#?}");
-}
-
-/// The `glimpse` binary Cargo built beside this test.
-fn glimpse_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join(format!("glimpse{}", std::env::consts::EXE_SUFFIX));
-    assert!(bin.is_file(), "{} not built", bin.display());
-    bin
 }
 
 /// The README's first command: `glimpse demo` converts the bundled model once, then

@@ -16,11 +16,10 @@ use glimpse_core::Image;
 use glimpse_core::planner::{ArenaPlan, DEFAULT_MAX_FRAME_SIDE, PlanOptions};
 use glimpse_core::preprocess::Frame;
 use glimpse_core::session::{Report, Session, SessionOptions};
-use glimpse_hal::{ErrorKind, ErrorType, TokenSink};
 
 use crate::convert::{Options, convert};
 use crate::plan::KvArg;
-use crate::run::{HostClock, Picture, arena_for, describe, load_picture};
+use crate::run::{CollectSink, HostClock, Picture, arena_for, describe, load_picture};
 use crate::{KeepArg, QuantArg};
 
 /// The question the tiny model was trained on (tests/scripts/tiny_fastvlm/common.py).
@@ -64,25 +63,6 @@ pub struct Caption {
     pub tokens: Vec<u32>,
     /// Step timings and counts.
     pub report: Report,
-}
-
-/// Collects a caption's ids and text.
-#[derive(Default)]
-struct Collect {
-    text: Vec<u8>,
-    tokens: Vec<u32>,
-}
-
-impl ErrorType for Collect {
-    type Error = ErrorKind;
-}
-
-impl TokenSink for Collect {
-    fn token(&mut self, id: u32, bytes: &[u8]) -> Result<(), ErrorKind> {
-        self.tokens.push(id);
-        self.text.extend_from_slice(bytes);
-        Ok(())
-    }
 }
 
 /// Greedy captions from one session: the arena is planned once for frames up to
@@ -150,7 +130,7 @@ impl<'i, 'w> Captioner<'i, 'w> {
             HostClock::new(),
             self.options.clone(),
         )?;
-        let mut sink = Collect::default();
+        let mut sink = CollectSink::default();
         let report = session.ask_turn(Some(frame), None, prompt, &mut sink)?;
         Ok(Caption {
             text: String::from_utf8(sink.text).context("caption is not UTF-8")?,

@@ -206,6 +206,27 @@ fn direct_ids(
     Ok(Some(ids))
 }
 
+/// Keeps what a run generates: the ids and the text bytes.
+#[derive(Clone, Debug, Default)]
+pub struct CollectSink {
+    /// Generated ids, in order.
+    pub tokens: Vec<u32>,
+    /// Their text (whole UTF-8 characters, as the core hands them).
+    pub text: Vec<u8>,
+}
+
+impl ErrorType for CollectSink {
+    type Error = ErrorKind;
+}
+
+impl TokenSink for CollectSink {
+    fn token(&mut self, id: u32, bytes: &[u8]) -> Result<(), ErrorKind> {
+        self.tokens.push(id);
+        self.text.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
 /// Streams generated text to stdout and keeps it.
 struct StdoutSink {
     out: std::io::Stdout,

@@ -171,11 +171,6 @@ impl<'a> Decoder<'a> {
         }
     }
 
-    /// How activations meet Q8_0 weights.
-    pub fn q8_activations(&self) -> Q8Activations {
-        self.act
-    }
-
     /// The config.
     pub fn config(&self) -> &'a DecoderConfig {
         self.config
