@@ -393,7 +393,7 @@ impl<'a> Image<'a> {
                 return Err(ImageError::NamesNotSorted { index });
             }
             prev_name = Some(name);
-            if e.dtype.payload_bytes(e.dims()) != Some(e.nbytes) {
+            if e.layout.payload_bytes(e.dtype, e.dims()) != Some(e.nbytes) {
                 return Err(ImageError::PayloadSize { index });
             }
             let end = e

@@ -179,14 +179,68 @@ impl DType {
 pub enum TensorLayout {
     /// Plain row-major: blocks follow each other along the innermost axis, rows in order.
     RowMajor = 0,
+    /// Q8_0 matrices only (`[rows, cols]`, `rows` a multiple of 4): the rows taken four at
+    /// a time, and within a group of four, block column after block column, one
+    /// [`ROWS4_BLOCK_BYTES`]-byte record each: the four rows' f16 scales, the four rows'
+    /// code sums (i16, `Σ q` over the block, what an unsigned-by-signed dot product must
+    /// take off), then the four rows' 32 codes, row after row. Records are 16-byte
+    /// aligned when the payload is, so a kernel reads four rows' block with aligned loads
+    /// and no per-call pass over the codes. See `repack`.
+    Q8Rows4 = 1,
 }
+
+/// Rows per group of [`TensorLayout::Q8Rows4`].
+pub const ROWS4: usize = 4;
+/// Bytes of one record (four rows' block) of [`TensorLayout::Q8Rows4`]: 4 scales, 4 sums,
+/// 4 × 32 codes.
+pub const ROWS4_BLOCK_BYTES: usize = ROWS4 * 2 + ROWS4 * 2 + ROWS4 * QK;
 
 impl TensorLayout {
     /// Decode a stored tag.
     pub fn from_code(code: u8) -> Result<Self, LayoutError> {
         match code {
             0 => Ok(TensorLayout::RowMajor),
+            1 => Ok(TensorLayout::Q8Rows4),
             c => Err(LayoutError::UnknownLayout(c)),
+        }
+    }
+
+    /// Short lowercase name, as `inspect` prints it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TensorLayout::RowMajor => "rows",
+            TensorLayout::Q8Rows4 => "rows4",
+        }
+    }
+
+    /// How `inspect` and `convert` spell a `dtype` tensor in this layout: the dtype's
+    /// name, with `/rows4` for four-row groups.
+    pub fn storage_name(self, dtype: DType) -> &'static str {
+        match (self, dtype) {
+            (TensorLayout::Q8Rows4, DType::Q8_0) => "q8_0/rows4",
+            (TensorLayout::Q8Rows4, _) => "?/rows4",
+            (TensorLayout::RowMajor, d) => d.name(),
+        }
+    }
+
+    /// Payload bytes of a `dtype` tensor of this shape in this layout, or `None` if the
+    /// layout cannot hold it (see [`DType::payload_bytes`]; [`TensorLayout::Q8Rows4`]
+    /// takes only Q8_0 matrices with a multiple of 4 rows).
+    pub fn payload_bytes(self, dtype: DType, shape: &[u32]) -> Option<u64> {
+        match self {
+            TensorLayout::RowMajor => dtype.payload_bytes(shape),
+            TensorLayout::Q8Rows4 => {
+                let &[rows, cols] = shape else { return None };
+                if dtype != DType::Q8_0
+                    || !(rows as usize).is_multiple_of(ROWS4)
+                    || !(cols as usize).is_multiple_of(QK)
+                {
+                    return None;
+                }
+                (rows as u64 / ROWS4 as u64)
+                    .checked_mul(cols as u64 / QK as u64)?
+                    .checked_mul(ROWS4_BLOCK_BYTES as u64)
+            }
         }
     }
 }
@@ -750,6 +804,17 @@ mod tests {
         assert_eq!(DType::MxFp8.payload_bytes(&[32]), Some(33));
         assert_eq!(DType::F16.payload_bytes(&[3, 5]), Some(30));
         assert_eq!(DType::Q8_0.payload_bytes(&[2, 48]), None);
+        let r4 = TensorLayout::Q8Rows4;
+        assert_eq!(r4.payload_bytes(DType::Q8_0, &[8, 64]), Some(2 * 2 * 144));
+        assert_eq!(r4.payload_bytes(DType::Q8_0, &[6, 64]), None);
+        assert_eq!(r4.payload_bytes(DType::Q8_0, &[8, 48]), None);
+        assert_eq!(r4.payload_bytes(DType::Q8_0, &[2, 4, 64]), None);
+        assert_eq!(r4.payload_bytes(DType::E4M3, &[8, 64]), None);
+        assert_eq!(TensorLayout::from_code(1), Ok(r4));
+        assert_eq!(
+            TensorLayout::from_code(2),
+            Err(LayoutError::UnknownLayout(2))
+        );
         assert_eq!(DType::F32.payload_bytes(&[]), None);
         assert_eq!(
             DType::F32.payload_bytes(&[u32::MAX, u32::MAX, u32::MAX, 2]),

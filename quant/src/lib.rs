@@ -19,6 +19,7 @@ pub mod error;
 pub mod fp8;
 pub mod gguf;
 pub mod layout;
+pub mod repack;
 #[cfg(feature = "std")]
 pub mod writer;
 

@@ -129,6 +129,7 @@ impl From<std::io::Error> for WriteError {
 #[derive(Debug)]
 struct Pending {
     dtype: DType,
+    layout: TensorLayout,
     rank: u8,
     shape: [u32; MAX_DIMS],
     crc: u32,
@@ -217,6 +218,19 @@ impl ImageBuilder {
         shape: &[u32],
         data: Vec<u8>,
     ) -> Result<(), WriteError> {
+        self.add_with_layout(name, dtype, TensorLayout::RowMajor, shape, data)
+    }
+
+    /// [`ImageBuilder::add`] with the rows arranged as `layout` says (`data` already in
+    /// that arrangement, e.g. from [`crate::repack::repack_rows4`]).
+    pub fn add_with_layout(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        layout: TensorLayout,
+        shape: &[u32],
+        data: Vec<u8>,
+    ) -> Result<(), WriteError> {
         check_name(name).map_err(|reason| WriteError::InvalidName {
             name: name.to_string(),
             reason,
@@ -239,13 +253,14 @@ impl ImageBuilder {
                 shape: shape.to_vec(),
             });
         }
-        let expected = dtype
-            .payload_bytes(shape)
-            .ok_or_else(|| WriteError::ShapeNotStorable {
-                name: name.to_string(),
-                dtype,
-                shape: shape.to_vec(),
-            })?;
+        let expected =
+            layout
+                .payload_bytes(dtype, shape)
+                .ok_or_else(|| WriteError::ShapeNotStorable {
+                    name: name.to_string(),
+                    dtype,
+                    shape: shape.to_vec(),
+                })?;
         let got = data.len() as u64;
         if got != expected {
             return Err(WriteError::DataLength {
@@ -260,6 +275,7 @@ impl ImageBuilder {
             name.to_string(),
             Pending {
                 dtype,
+                layout,
                 // rank <= MAX_DIMS (4), checked above.
                 rank: rank as u8,
                 shape: dims,
@@ -316,7 +332,7 @@ impl ImageBuilder {
                 offset,
                 nbytes,
                 crc: t.crc,
-                layout: TensorLayout::RowMajor,
+                layout: t.layout,
             };
             table.extend_from_slice(&entry.encode());
             names.extend_from_slice(name.as_bytes());

@@ -357,3 +357,70 @@ fn q8_0_with_f32_activations_equals_f32_on_the_dequantized_weights() {
         }
     }
 }
+
+/// `data` (plain Q8_0 rows) rearranged four rows at a time.
+fn repacked(data: &[u8], rows: usize, cols: usize) -> Vec<u8> {
+    use glimpse_quant::layout::{ROWS4, ROWS4_BLOCK_BYTES};
+    let mut out = vec![0u8; rows / ROWS4 * cols / 32 * ROWS4_BLOCK_BYTES];
+    glimpse_quant::repack::repack_rows4(rows, cols, data, &mut out).unwrap();
+    out
+}
+
+#[test]
+fn four_row_groups_give_the_plain_rows_bits_on_every_kernel_and_thread_count() {
+    use glimpse_core::kernels::linear::Q8Activations;
+    use glimpse_quant::layout::TensorLayout;
+    let cpus = cpu_variants();
+    let mut pools: Vec<ThreadPool> = [2, 3, 7]
+        .into_iter()
+        .map(|t| ThreadPool::new(t).unwrap())
+        .collect();
+    // rows: one group, a GEMV group and a half, many groups split unevenly over 3 and 7
+    // tasks; n: GEMV, under / at / past the packed activation groups.
+    for &(rows, cols) in &[(4, 32), (12, 96), (64, 160), (204, 320)] {
+        let w = values(rows * cols, rows as u64 * 13 + cols as u64, 0.05);
+        let mut data = encode(DType::Q8_0, &w, rows, cols);
+        // A few -128 codes (legal bytes the quantizer never writes): the stored sums
+        // and the sign trick must both stay exact with them.
+        for k in (40..data.len()).step_by(331) {
+            if k % 34 >= 2 {
+                data[k] = 0x80;
+            }
+        }
+        let packed = repacked(&data, rows, cols);
+        let plain = Weights::new(DType::Q8_0, rows, cols, &data).unwrap();
+        let r4 =
+            Weights::with_layout(DType::Q8_0, TensorLayout::Q8Rows4, rows, cols, &packed).unwrap();
+        assert!(r4.row(0).is_none(), "rows of a group are not contiguous");
+        let (mut a, mut b) = (vec![0f32; cols], vec![0f32; cols]);
+        for r in 0..rows {
+            plain.dequantize_row(r, &mut a).unwrap();
+            r4.dequantize_row(r, &mut b).unwrap();
+            assert_bits(&b, &a, &format!("dequantize row {r} of {rows}x{cols}"));
+        }
+        assert!(r4.dequantize_row(rows, &mut b).is_err());
+        for n in [1usize, 7, 8, 16, 17, 40, 150] {
+            let x = values(n * cols, 77 + n as u64, 1.0);
+            for act in [Q8Activations::Int8, Q8Activations::F32] {
+                let (p, q) = (plain.with_activations(act), r4.with_activations(act));
+                let want = run_on(Cpu::SCALAR, &mut Sequential, &p, None, &x, n);
+                for &c in &cpus {
+                    let got = run_on(c, &mut Sequential, &q, None, &x, n);
+                    let what = format!("rows4 {act:?} {rows}x{cols} n={n} {c:?}");
+                    assert_bits(&got, &want, &what);
+                }
+                for pool in pools.iter_mut() {
+                    let got = run_on(Cpu::active(), pool, &q, None, &x, n);
+                    let what = format!("rows4 {act:?} {rows}x{cols} n={n} {}t", pool.threads());
+                    assert_bits(&got, &want, &what);
+                }
+            }
+        }
+    }
+    // Shapes the layout cannot hold are refused.
+    let data = vec![0u8; 6 * 2 * 36];
+    assert!(Weights::with_layout(DType::Q8_0, TensorLayout::Q8Rows4, 6, 64, &data).is_err());
+    let data = vec![0u8; 4 * 2 * 36];
+    assert!(Weights::with_layout(DType::E4M3, TensorLayout::Q8Rows4, 4, 64, &data).is_err());
+    assert!(Weights::with_layout(DType::Q8_0, TensorLayout::Q8Rows4, 4, 64, &data[1..]).is_err());
+}

@@ -344,6 +344,7 @@ fn scratch_bytes(s: &Shape, n: usize) -> usize {
                 cols,
                 data: &[],
                 act: Q8Activations::Int8,
+                layout: glimpse_quant::layout::TensorLayout::RowMajor,
             };
             most = most.max(linear_scratch_bytes(&w, n));
         }

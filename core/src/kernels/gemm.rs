@@ -9,10 +9,10 @@
 use core::ops::Range;
 
 use glimpse_quant::DType;
-use glimpse_quant::layout::QK;
+use glimpse_quant::layout::{QK, TensorLayout};
 
 use crate::kernels::cpu::{F32Kernel, Q8Kernel};
-use crate::kernels::linear::{Weights, decode_row, dot_q8_row, lane_sums16, tree16};
+use crate::kernels::linear::{Weights, decode_row, dot_decoded_rows4, lane_sums16, tree16};
 use glimpse_hal::Executor;
 
 use crate::kernels::par::{SharedMut, for_pieces, task_count};
@@ -235,7 +235,6 @@ fn q8_rows_scalar(
     let (rows, cols) = (w.rows, w.cols);
     let nb = cols / QK;
     for r in range {
-        let Some(wrow) = w.row(r) else { continue };
         for (i, (cr, sr)) in codes
             .chunks_exact(cols)
             .zip(scales.chunks_exact(nb))
@@ -243,7 +242,7 @@ fn q8_rows_scalar(
             .enumerate()
         {
             // SAFETY: this task owns column r of every output row.
-            unsafe { y.write(i * rows + r, dot_q8_row(wrow, cr, sr)) };
+            unsafe { y.write(i * rows + r, w.dot_q8(r, cr, sr)) };
         }
     }
 }
@@ -273,9 +272,11 @@ mod arm_q8 {
 mod x86_q8 {
     //! Drivers for the x86 Q8_0 kernels: packed-group GEMM tiles, then GEMV for the rows
     //! that did not fill a group, then the reference for weight rows past a multiple of
-    //! the tile.
+    //! the tile. Plain and four-row-group weights run the same drivers; only where a row's
+    //! blocks lie differs ([`x86::QRows`]).
     use super::*;
-    use crate::kernels::x86;
+    use crate::kernels::x86::{self, PlainRows, QRows, Rows4};
+    use glimpse_quant::layout::ROWS4;
 
     #[allow(clippy::too_many_arguments)]
     pub(super) fn rows(
@@ -290,18 +291,59 @@ mod x86_q8 {
     ) {
         let (rows, cols) = (w.rows, w.cols);
         let nb = cols / QK;
-        let rb = w.row_bytes();
-        let packed = lay.packed_rows();
         if range.end > rows
             || codes.len() < n * cols
             || scales.len() < n * nb
-            || w.data.len() < rows * rb
-            || packed > n
+            || lay.packed_rows() > n
+            || w.check().is_err()
         {
             return;
         }
+        let base = w.data.as_ptr();
+        match w.layout {
+            TensorLayout::RowMajor => {
+                let rb = w.row_bytes();
+                // Rows r.. start r·rb bytes in (r < rows: inside the checked payload).
+                let at = |r: usize| PlainRows {
+                    w: base.wrapping_add(r * rb),
+                    rb,
+                };
+                rows_in(kernel, w, at, lay, codes, scales, n, range, y);
+            }
+            TensorLayout::Q8Rows4 => {
+                // Every range starts on a multiple of 8 and ends on one or at `rows` (a
+                // multiple of 4), so tiles of 4 and groups of 8 rows start on a group.
+                if !range.start.is_multiple_of(ROWS4) {
+                    return;
+                }
+                let gb = w.group_bytes();
+                let at = |r: usize| Rows4 {
+                    w: base.wrapping_add(r / ROWS4 * gb),
+                    gb,
+                };
+                rows_in(kernel, w, at, lay, codes, scales, n, range, y);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn rows_in<L: QRows>(
+        kernel: Q8Kernel,
+        w: &Weights<'_>,
+        at: impl Fn(usize) -> L,
+        lay: ActLayout,
+        codes: &[u8],
+        scales: &[f32],
+        n: usize,
+        range: Range<usize>,
+        y: &SharedMut<'_, f32>,
+    ) {
+        let (rows, cols) = (w.rows, w.cols);
+        let nb = cols / QK;
+        let packed = lay.packed_rows();
         if lay.full > 0 {
-            gemm(kernel, w, lay, codes, scales, range.clone(), y);
+            gemm(kernel, w, &at, lay, codes, scales, range.clone(), y);
         }
         // GEMV for the rows past the packed groups: 8 weight rows at a time.
         let r8_end = range.start + (range.end - range.start) / 8 * 8;
@@ -312,17 +354,16 @@ mod x86_q8 {
             );
             let mut out = [0f32; 8];
             for r0 in (range.start..r8_end).step_by(8) {
-                let wp = w.data[r0 * rb..].as_ptr();
-                let next = wp.wrapping_add(8 * rb);
+                let (wl, next) = (at(r0), at(r0 + 8).start());
                 // SAFETY: rows r0..r0+8 lie in `w.data` (r0 + 8 <= range.end <= rows),
                 // `cr`/`sr` hold one row's nb blocks, `out` holds 8 floats; the kernel
-                // was selected from the usable CPU features.
+                // was selected from the usable CPU features; `next` is only prefetched.
                 unsafe {
                     let (a, d, o) = (cr.as_ptr(), sr.as_ptr(), out.as_mut_ptr());
                     match kernel {
-                        Q8Kernel::Avx512Vnni => x86::gemv8_avx512vnni(wp, rb, nb, a, d, o, next),
-                        Q8Kernel::AvxVnni => x86::gemv8_avxvnni(wp, rb, nb, a, d, o, next),
-                        _ => x86::gemv8_avx2(wp, rb, nb, a, d, o, next),
+                        Q8Kernel::Avx512Vnni => x86::gemv8_avx512vnni(wl, nb, a, d, o, next),
+                        Q8Kernel::AvxVnni => x86::gemv8_avxvnni(wl, nb, a, d, o, next),
+                        _ => x86::gemv8_avx2(wl, nb, a, d, o, next),
                     }
                 }
                 for (k, &v) in out.iter().enumerate() {
@@ -331,19 +372,20 @@ mod x86_q8 {
                 }
             }
             for r in r8_end..range.end {
-                if let Some(wrow) = w.row(r) {
-                    // SAFETY: as above.
-                    unsafe { y.write(i * rows + r, dot_q8_row(wrow, cr, sr)) };
-                }
+                // SAFETY: as above.
+                unsafe { y.write(i * rows + r, w.dot_q8(r, cr, sr)) };
             }
         }
     }
 
     /// Packed-group GEMM over weight rows `range`: chunks of activation groups that fit
     /// L2, and within a chunk, tiles of 4 weight rows against each group.
-    fn gemm(
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn gemm<L: QRows>(
         kernel: Q8Kernel,
         w: &Weights<'_>,
+        at: &impl Fn(usize) -> L,
         lay: ActLayout,
         codes: &[u8],
         scales: &[f32],
@@ -352,7 +394,6 @@ mod x86_q8 {
     ) {
         let (rows, cols) = (w.rows, w.cols);
         let nb = cols / QK;
-        let rb = w.row_bytes();
         let g = lay.group;
         let (gstride, sstride) = (g * cols, g * nb);
         let chunk = (ACT_CHUNK_BYTES / gstride.max(1)).max(2);
@@ -363,7 +404,7 @@ mod x86_q8 {
             let mut r = range.start;
             while r < range.end {
                 let tile = if r < r4_end { 4 } else { 1 };
-                let wp = w.data[r * rb..].as_ptr();
+                let wl = at(r);
                 let mut gi = g0;
                 while gi < g1 {
                     let pa = codes[gi * gstride..].as_ptr();
@@ -373,9 +414,8 @@ mod x86_q8 {
                     // pair) lie in the packed part of `codes`/`scales` (gi + 1 < g1 <=
                     // full); the kernel was selected from the usable CPU features and
                     // the codes are offset exactly for the VNNI kernels (`lay`).
-                    let out = unsafe {
-                        tile_out(kernel, tile, pair, wp, rb, nb, pa, gstride, ps, sstride)
-                    };
+                    let out =
+                        unsafe { tile_out(kernel, tile, pair, wl, nb, pa, gstride, ps, sstride) };
                     let groups = if pair { 2 } else { 1 };
                     // Activation row outer: the tile's `tile` outputs of one activation
                     // row are adjacent in `y`, so each goes out as one short run (one
@@ -405,12 +445,11 @@ mod x86_q8 {
     /// See the call in [`gemm`].
     #[allow(clippy::too_many_arguments)]
     #[inline]
-    unsafe fn tile_out(
+    unsafe fn tile_out<L: QRows>(
         kernel: Q8Kernel,
         tile: usize,
         pair: bool,
-        wp: *const u8,
-        rb: usize,
+        wl: L,
         nb: usize,
         pa: *const u8,
         gstride: usize,
@@ -427,35 +466,31 @@ mod x86_q8 {
         unsafe {
             match (kernel, tile, pair) {
                 (Q8Kernel::Avx512Vnni, 4, true) => {
-                    let t = x86::gemm_avx512vnni::<4, 2>(wp, rb, nb, pa, gstride, ps, sstride);
+                    let t = x86::gemm_avx512vnni::<L, 4, 2>(wl, nb, pa, gstride, ps, sstride);
                     for (o, s) in out.iter_mut().zip(&t) {
                         o[..16].copy_from_slice(&s[0]);
                         o[16..].copy_from_slice(&s[1]);
                     }
                 }
                 (Q8Kernel::Avx512Vnni, 4, false) => {
-                    let t = x86::gemm_avx512vnni::<4, 1>(wp, rb, nb, pa, gstride, ps, sstride);
+                    let t = x86::gemm_avx512vnni::<L, 4, 1>(wl, nb, pa, gstride, ps, sstride);
                     for (o, s) in out.iter_mut().zip(&t) {
                         o[..16].copy_from_slice(&s[0]);
                     }
                 }
                 (Q8Kernel::Avx512Vnni, _, true) => {
-                    let t = x86::gemm_avx512vnni::<1, 2>(wp, rb, nb, pa, gstride, ps, sstride);
+                    let t = x86::gemm_avx512vnni::<L, 1, 2>(wl, nb, pa, gstride, ps, sstride);
                     out[0][..16].copy_from_slice(&t[0][0]);
                     out[0][16..].copy_from_slice(&t[0][1]);
                 }
                 (Q8Kernel::Avx512Vnni, _, false) => {
-                    let t = x86::gemm_avx512vnni::<1, 1>(wp, rb, nb, pa, gstride, ps, sstride);
+                    let t = x86::gemm_avx512vnni::<L, 1, 1>(wl, nb, pa, gstride, ps, sstride);
                     out[0][..16].copy_from_slice(&t[0][0]);
                 }
-                (Q8Kernel::AvxVnni, 4, _) => {
-                    put8(&mut out, &x86::gemm_avxvnni_4(wp, rb, nb, pa, ps))
-                }
-                (Q8Kernel::AvxVnni, _, _) => {
-                    put8(&mut out, &x86::gemm_avxvnni_1(wp, rb, nb, pa, ps))
-                }
-                (_, 4, _) => put8(&mut out, &x86::gemm_avx2_4(wp, rb, nb, pa, ps)),
-                _ => put8(&mut out, &x86::gemm_avx2_1(wp, rb, nb, pa, ps)),
+                (Q8Kernel::AvxVnni, 4, _) => put8(&mut out, &x86::gemm_avxvnni_4(wl, nb, pa, ps)),
+                (Q8Kernel::AvxVnni, _, _) => put8(&mut out, &x86::gemm_avxvnni_1(wl, nb, pa, ps)),
+                (_, 4, _) => put8(&mut out, &x86::gemm_avx2_4(wl, nb, pa, ps)),
+                _ => put8(&mut out, &x86::gemm_avx2_1(wl, nb, pa, ps)),
             }
         }
         out
@@ -479,6 +514,19 @@ pub(crate) fn f32_rows(
     }
     let _ = kernel;
     let (rows, cols) = (w.rows, w.cols);
+    if w.layout == TensorLayout::Q8Rows4 {
+        // Q8_0 weights with f32 activations, stored four rows at a time.
+        for r in range {
+            let Some((group, slot)) = w.group_of(r) else {
+                continue;
+            };
+            for (i, xr) in x.chunks_exact(cols).take(n).enumerate() {
+                // SAFETY: this task owns column r of every output row.
+                unsafe { y.write(i * rows + r, dot_decoded_rows4(group, slot, xr)) };
+            }
+        }
+        return;
+    }
     for r in range {
         let Some(wrow) = w.row(r) else { continue };
         for (i, xr) in x.chunks_exact(cols).take(n).enumerate() {
@@ -533,7 +581,10 @@ mod x86_f32 {
     //! rows x 1 activation row for matrix-vector products, 2 x 2 otherwise, single rows
     //! for the remainders.
     use super::*;
-    use crate::kernels::x86::{self, DBF16, DE4M3, DE5M2, DF16, DF32, DMxFp8, DQ8, Decode16};
+    use crate::kernels::x86::{
+        self, DBF16, DE4M3, DE5M2, DF16, DF32, DMxFp8, DQ8, DQ8Rows4, Decode16,
+    };
+    use glimpse_quant::layout::ROWS4;
 
     pub(super) fn rows(
         avx512: bool,
@@ -550,6 +601,9 @@ mod x86_f32 {
             DType::E4M3 => rows_as::<DE4M3>(avx512, w, x, n, range, y),
             DType::E5M2 => rows_as::<DE5M2>(avx512, w, x, n, range, y),
             DType::MxFp8 => rows_as::<DMxFp8>(avx512, w, x, n, range, y),
+            DType::Q8_0 if w.layout == TensorLayout::Q8Rows4 => {
+                rows_as::<DQ8Rows4>(avx512, w, x, n, range, y)
+            }
             DType::Q8_0 => rows_as::<DQ8>(avx512, w, x, n, range, y),
             _ => {}
         }
@@ -588,10 +642,30 @@ mod x86_f32 {
         y: &SharedMut<'_, f32>,
     ) {
         let (rows, cols) = (w.rows, w.cols);
-        let rb = w.row_bytes();
-        if range.end > rows || x.len() < n * cols || w.data.len() < rows * rb {
+        if range.end > rows || x.len() < n * cols || w.check().is_err() {
             return;
         }
+        // Where a tile's first row lies, and the distance between its rows: plain rows
+        // are `row_bytes` apart; four-row groups use DQ8Rows4's encoding (the group's
+        // address plus the slot, rows 1 apart). Ranges start on a multiple of 4, tiles
+        // hold 4, 2 or 1 rows, so a tile never straddles a group.
+        let grouped = w.layout == TensorLayout::Q8Rows4;
+        if grouped && !range.start.is_multiple_of(ROWS4) {
+            return;
+        }
+        let (rb, gb) = if grouped {
+            (1, w.group_bytes())
+        } else {
+            (w.row_bytes(), 0)
+        };
+        let base = w.data.as_ptr();
+        let row_at = |r: usize| {
+            if grouped {
+                base.wrapping_add(r / ROWS4 * gb + r % ROWS4)
+            } else {
+                base.wrapping_add(r * rb)
+            }
+        };
         let chunks = cols / 16;
         let full = chunks * 16;
         let (rt, at) = if n == 1 { (4, 1) } else { (2, 2) };
@@ -601,7 +675,7 @@ mod x86_f32 {
             let mut i = 0;
             while i < n {
                 let ta = if n - i >= at { at } else { 1 };
-                let wp = w.data[r * rb..].as_ptr();
+                let wp = row_at(r);
                 let xp = x[i * cols..].as_ptr();
                 let mut out = [[0f32; 2]; 4];
                 // SAFETY: rows r..r+tr lie in `w.data` and activation rows i..i+ta in

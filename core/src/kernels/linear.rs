@@ -24,7 +24,8 @@
 
 use glimpse_quant::DType;
 use glimpse_quant::fp8::{E4M3_TO_F32, E5M2_TO_F32, e8m0_to_f32};
-use glimpse_quant::layout::QK;
+use glimpse_quant::layout::{QK, ROWS4, ROWS4_BLOCK_BYTES, TensorLayout};
+use glimpse_quant::repack;
 
 use glimpse_hal::Executor;
 
@@ -51,8 +52,10 @@ pub enum Q8Activations {
     F32,
 }
 
-/// A weight matrix `[rows, cols]`, row-major, in any numeric stored format; block formats
-/// run their blocks of 32 along `cols`.
+/// A weight matrix `[rows, cols]` in any numeric stored format; block formats run their
+/// blocks of 32 along `cols`. Rows are stored one after the other, or for Q8_0 also
+/// four at a time ([`TensorLayout::Q8Rows4`]), which every Q8_0 kernel reads to the same
+/// bits.
 #[derive(Clone, Copy, Debug)]
 pub struct Weights<'a> {
     /// Storage format.
@@ -61,10 +64,12 @@ pub struct Weights<'a> {
     pub rows: usize,
     /// Input features (the reduction axis).
     pub cols: usize,
-    /// `rows` rows of `row_bytes(dtype, cols)` bytes each.
+    /// `rows` rows of `row_bytes(dtype, cols)` bytes each, arranged as `layout` says.
     pub data: &'a [u8],
     /// How activations meet Q8_0 weights (ignored by the other formats).
     pub act: Q8Activations,
+    /// How the rows are arranged in `data`.
+    pub layout: TensorLayout,
 }
 
 /// Bytes of one row of `cols` values in `dtype`, or `None` if `dtype` holds no numbers
@@ -83,12 +88,25 @@ impl<'a> Weights<'a> {
     /// A checked matrix view: numeric `dtype`, `cols` a multiple of 32 for the block
     /// formats, and `data` exactly `rows` rows long.
     pub fn new(dtype: DType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self, Error> {
+        Self::with_layout(dtype, TensorLayout::RowMajor, rows, cols, data)
+    }
+
+    /// [`Weights::new`] for rows arranged as `layout` says ([`TensorLayout::Q8Rows4`]:
+    /// Q8_0 only, `rows` a multiple of 4).
+    pub fn with_layout(
+        dtype: DType,
+        layout: TensorLayout,
+        rows: usize,
+        cols: usize,
+        data: &'a [u8],
+    ) -> Result<Self, Error> {
         let w = Weights {
             dtype,
             rows,
             cols,
             data,
             act: Q8Activations::Int8,
+            layout,
         };
         w.check()?;
         Ok(w)
@@ -108,28 +126,47 @@ impl<'a> Weights<'a> {
                 got: Dims::new(v.dims()),
             });
         };
-        Self::new(v.dtype, rows as usize, cols as usize, v.data).map_err(|e| match e {
-            Error::Length { .. } => {
-                Error::Image(crate::image::ImageError::PayloadSize { index: v.index })
+        Self::with_layout(v.dtype, v.layout, rows as usize, cols as usize, v.data).map_err(|e| {
+            match e {
+                Error::Length { .. } => {
+                    Error::Image(crate::image::ImageError::PayloadSize { index: v.index })
+                }
+                _ => Error::DType {
+                    tensor: tensor_name(v.name),
+                    dtype: v.dtype,
+                },
             }
-            _ => Error::DType {
-                tensor: tensor_name(v.name),
-                dtype: v.dtype,
-            },
         })
     }
 
-    /// Bytes of one stored row.
+    /// Bytes of one stored row (for [`TensorLayout::Q8Rows4`], a quarter of a group's).
     pub fn row_bytes(&self) -> usize {
-        row_bytes(self.dtype, self.cols).unwrap_or(0)
+        match self.layout {
+            TensorLayout::RowMajor => row_bytes(self.dtype, self.cols).unwrap_or(0),
+            TensorLayout::Q8Rows4 => self.group_bytes() / ROWS4,
+        }
+    }
+
+    /// Bytes of one group of four rows of a [`TensorLayout::Q8Rows4`] matrix.
+    pub(crate) fn group_bytes(&self) -> usize {
+        (self.cols / QK).saturating_mul(ROWS4_BLOCK_BYTES)
     }
 
     pub(crate) fn check(&self) -> Result<(), Error> {
-        let rb = row_bytes(self.dtype, self.cols).ok_or(Error::DType {
+        let bad = Error::DType {
             tensor: tensor_name("(matrix)"),
             dtype: self.dtype,
-        })?;
-        let expected = rb.saturating_mul(self.rows);
+        };
+        let rb = row_bytes(self.dtype, self.cols).ok_or(bad.clone())?;
+        let expected = match self.layout {
+            TensorLayout::RowMajor => rb.saturating_mul(self.rows),
+            TensorLayout::Q8Rows4 => {
+                if self.dtype != DType::Q8_0 || !self.rows.is_multiple_of(ROWS4) {
+                    return Err(bad);
+                }
+                (self.rows / ROWS4).saturating_mul(self.group_bytes())
+            }
+        };
         if self.data.len() != expected {
             return Err(Error::Length {
                 what: "weight matrix payload",
@@ -140,8 +177,12 @@ impl<'a> Weights<'a> {
         Ok(())
     }
 
-    /// The stored bytes of row `r`.
+    /// The stored bytes of row `r` (`None` past the end, and for a layout whose rows are
+    /// not contiguous).
     pub fn row(&self, r: usize) -> Option<&'a [u8]> {
+        if self.layout != TensorLayout::RowMajor {
+            return None;
+        }
         let rb = self.row_bytes();
         let start = r.checked_mul(rb)?;
         self.data.get(start..start.checked_add(rb)?)
@@ -157,13 +198,68 @@ impl<'a> Weights<'a> {
                 got: out.len(),
             });
         }
-        let row = self.row(r).ok_or(Error::Length {
+        let past = Error::Length {
             what: "matrix row index",
             expected: self.rows,
             got: r,
-        })?;
-        decode_row(self.dtype, row, out);
+        };
+        if r >= self.rows {
+            return Err(past);
+        }
+        match self.layout {
+            TensorLayout::RowMajor => decode_row(self.dtype, self.row(r).ok_or(past)?, out),
+            TensorLayout::Q8Rows4 => {
+                let (group, slot) = self.group_of(r).ok_or(past)?;
+                decode_rows4_row(group, slot, out);
+            }
+        }
         Ok(())
+    }
+
+    /// The group holding row `r` of a [`TensorLayout::Q8Rows4`] matrix, and the row's
+    /// slot in it.
+    pub(crate) fn group_of(&self, r: usize) -> Option<(&'a [u8], usize)> {
+        let gb = self.group_bytes();
+        let start = (r / ROWS4).checked_mul(gb)?;
+        Some((self.data.get(start..start.checked_add(gb)?)?, r % ROWS4))
+    }
+
+    /// Row `r` against one quantized activation row by the reference arithmetic
+    /// ([`dot_q8_row`]), whatever the layout (Q8_0 weights only; 0 past the end).
+    #[inline(always)]
+    pub(crate) fn dot_q8(&self, r: usize, codes: &[u8], scales: &[f32]) -> f32 {
+        match self.layout {
+            TensorLayout::RowMajor => self
+                .row(r)
+                .map_or(0.0, |row| dot_q8_row(row, codes, scales)),
+            TensorLayout::Q8Rows4 => self
+                .group_of(r)
+                .map_or(0.0, |(g, slot)| dot_q8_rows4(g, slot, codes, scales)),
+        }
+    }
+}
+
+/// The f16 scale and the 32 codes of row `slot` in one [`TensorLayout::Q8Rows4`] record.
+#[inline(always)]
+fn rows4_block(rec: &[u8; ROWS4_BLOCK_BYTES], slot: usize) -> (f32, &[u8]) {
+    let so = repack::scale_offset(slot);
+    let d = match rec.get(so..so + 2) {
+        Some(&[a, b]) => f16_to_f32(u16::from_le_bytes([a, b])),
+        _ => 0.0,
+    };
+    let co = repack::codes_offset(slot);
+    (d, rec.get(co..co + QK).unwrap_or_default())
+}
+
+/// Decode row `slot` of one group of a [`TensorLayout::Q8Rows4`] matrix into `out`.
+fn decode_rows4_row(group: &[u8], slot: usize, out: &mut [f32]) {
+    let (recs, _) = group.as_chunks::<ROWS4_BLOCK_BYTES>();
+    let (outs, _) = out.as_chunks_mut::<QK>();
+    for (rec, o) in recs.iter().zip(outs) {
+        let (d, qs) = rows4_block(rec, slot);
+        for (o, &q) in o.iter_mut().zip(qs) {
+            *o = d * f32::from(q as i8);
+        }
     }
 }
 
@@ -581,6 +677,46 @@ pub(crate) fn dot_q8_row(wrow: &[u8], codes: &[u8], scales: &[f32]) -> f32 {
     acc
 }
 
+/// [`dot_q8_row`] for row `slot` of one group of a [`TensorLayout::Q8Rows4`] matrix:
+/// the same blocks in the same order, so the same bits.
+#[inline(always)]
+pub(crate) fn dot_q8_rows4(group: &[u8], slot: usize, codes: &[u8], scales: &[f32]) -> f32 {
+    #[cfg(target_arch = "arm")]
+    let qk = core::hint::black_box(QK);
+    #[cfg(not(target_arch = "arm"))]
+    let qk = QK;
+    let (recs, _) = group.as_chunks::<ROWS4_BLOCK_BYTES>();
+    let (ablocks, _) = codes.as_chunks::<QK>();
+    let mut acc = 0f32;
+    for ((rec, ab), &da) in recs.iter().zip(ablocks).zip(scales) {
+        let (dw, qw) = rows4_block(rec, slot);
+        let (qw, ab) = (
+            qw.get(..qk).unwrap_or_default(),
+            ab.get(..qk).unwrap_or_default(),
+        );
+        acc += (dw * da) * isum_i8(qw, ab) as f32;
+    }
+    acc
+}
+
+/// `dot_f32(decoded row, x)` for row `slot` of one group of a
+/// [`TensorLayout::Q8Rows4`] matrix (`x.len()` a multiple of 32, so no tail): a block
+/// decoded at a time into the same 16 lane sums, so the reference's bits.
+pub(crate) fn dot_decoded_rows4(group: &[u8], slot: usize, x: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut buf = [0f32; QK];
+    let (recs, _) = group.as_chunks::<ROWS4_BLOCK_BYTES>();
+    let (xs, _) = x.as_chunks::<QK>();
+    for (rec, xb) in recs.iter().zip(xs) {
+        let (d, qs) = rows4_block(rec, slot);
+        for (o, &q) in buf.iter_mut().zip(qs) {
+            *o = d * f32::from(q as i8);
+        }
+        lane_sums16(&mut acc, &buf, xb);
+    }
+    tree16(&mut acc)
+}
+
 /// Exact int32 sum of the products of two runs of int8 codes (stored as bytes) of at
 /// most one block: |sum| <= 32·128·128 = 2^19, so i32 cannot overflow.
 #[inline(always)]
@@ -828,6 +964,7 @@ mod tests {
             cols: 64,
             data: &data,
             act: Q8Activations::Int8,
+            layout: TensorLayout::RowMajor,
         };
         assert!(linear_vec(&bad, None, &x, 1, &mut y, &mut s).is_err());
     }

@@ -30,10 +30,144 @@
 
 use core::arch::x86_64::*;
 
-use glimpse_quant::layout::QK;
+use glimpse_quant::layout::{QK, ROWS4, ROWS4_BLOCK_BYTES};
+use glimpse_quant::repack;
 
 /// Bytes of a Q8_0 / E4M3 / E5M2 block.
 const B34: usize = 2 + QK;
+
+/// Where the Q8_0 blocks of a run of weight rows lie: plain rows ([`PlainRows`]) or
+/// groups of four ([`Rows4`], `TensorLayout::Q8Rows4`). Row indices count from the
+/// run's first row.
+///
+/// # Safety
+///
+/// Every `unsafe` method reads the image: the caller guarantees that the run holds row
+/// `r` (rows 0..8 for `scales8`) and block `b`.
+#[allow(clippy::missing_safety_doc)]
+pub trait QRows: Copy {
+    /// Whether each block carries its code sum (the VNNI GEMMs then read `Σw` instead
+    /// of computing it with an extra `vpdpbusd` per quad).
+    const SUMS: bool;
+    /// The 32 codes of row `r`, block `b`.
+    unsafe fn codes(self, r: usize, b: usize) -> *const u8;
+    /// The f16 scale of row `r`, block `b`, widened.
+    unsafe fn scale(self, r: usize, b: usize) -> f32;
+    /// `Σ codes` of row `r`, block `b` (only read when [`QRows::SUMS`]).
+    unsafe fn sum(self, r: usize, b: usize) -> i32;
+    /// The f16 scales of rows 0..8, block `b`, as 8 halves.
+    unsafe fn scales8(self, b: usize) -> __m128i;
+    /// Bytes spanned by 8 rows (what a GEMV group reads).
+    fn bytes8(self) -> usize;
+    /// The first byte of the run.
+    fn start(self) -> *const u8;
+}
+
+/// Plain Q8_0 rows `rb` bytes apart starting at `w`.
+#[derive(Clone, Copy, Debug)]
+pub struct PlainRows {
+    /// First byte of the first row.
+    pub w: *const u8,
+    /// Bytes per row (`nb·34`).
+    pub rb: usize,
+}
+
+impl QRows for PlainRows {
+    const SUMS: bool = false;
+    #[inline(always)]
+    unsafe fn codes(self, r: usize, b: usize) -> *const u8 {
+        // SAFETY: the caller vouches for row r and block b.
+        unsafe { self.w.add(r * self.rb + B34 * b + 2) }
+    }
+    #[inline(always)]
+    unsafe fn scale(self, r: usize, b: usize) -> f32 {
+        // SAFETY: as above.
+        unsafe { f16_at(self.w.add(r * self.rb + B34 * b)) }
+    }
+    #[inline(always)]
+    unsafe fn sum(self, _r: usize, _b: usize) -> i32 {
+        0
+    }
+    #[inline(always)]
+    unsafe fn scales8(self, b: usize) -> __m128i {
+        // SAFETY: as above, for rows 0..8; SSE4.1 comes with every caller's AVX2.
+        unsafe {
+            // One 16-bit insert per row (a gather is slower on the cores measured).
+            let base = self.w.add(B34 * b);
+            let sc = |k: usize| i32::from(base.add(k * self.rb).cast::<u16>().read_unaligned());
+            let mut h = _mm_cvtsi32_si128(sc(0));
+            h = _mm_insert_epi16::<1>(h, sc(1));
+            h = _mm_insert_epi16::<2>(h, sc(2));
+            h = _mm_insert_epi16::<3>(h, sc(3));
+            h = _mm_insert_epi16::<4>(h, sc(4));
+            h = _mm_insert_epi16::<5>(h, sc(5));
+            h = _mm_insert_epi16::<6>(h, sc(6));
+            _mm_insert_epi16::<7>(h, sc(7))
+        }
+    }
+    fn bytes8(self) -> usize {
+        8 * self.rb
+    }
+    fn start(self) -> *const u8 {
+        self.w
+    }
+}
+
+/// Q8_0 rows stored four at a time (`TensorLayout::Q8Rows4`), `gb` bytes per group,
+/// starting at the group at `w` (the run's first row is slot 0 of it).
+#[derive(Clone, Copy, Debug)]
+pub struct Rows4 {
+    /// First byte of the first group.
+    pub w: *const u8,
+    /// Bytes per group of four rows (`nb·144`).
+    pub gb: usize,
+}
+
+impl Rows4 {
+    #[inline(always)]
+    unsafe fn record(self, r: usize, b: usize) -> *const u8 {
+        // SAFETY: the caller vouches for row r and block b.
+        unsafe { self.w.add((r / ROWS4) * self.gb + b * ROWS4_BLOCK_BYTES) }
+    }
+}
+
+impl QRows for Rows4 {
+    const SUMS: bool = true;
+    #[inline(always)]
+    unsafe fn codes(self, r: usize, b: usize) -> *const u8 {
+        // SAFETY: as `record`.
+        unsafe { self.record(r, b).add(repack::codes_offset(r % ROWS4)) }
+    }
+    #[inline(always)]
+    unsafe fn scale(self, r: usize, b: usize) -> f32 {
+        // SAFETY: as `record`.
+        unsafe { f16_at(self.record(r, b).add(repack::scale_offset(r % ROWS4))) }
+    }
+    #[inline(always)]
+    unsafe fn sum(self, r: usize, b: usize) -> i32 {
+        // SAFETY: as `record`.
+        unsafe {
+            let p = self.record(r, b).add(repack::sum_offset(r % ROWS4));
+            i32::from(i16::from_le(p.cast::<i16>().read_unaligned()))
+        }
+    }
+    #[inline(always)]
+    unsafe fn scales8(self, b: usize) -> __m128i {
+        // SAFETY: as `record`, for rows 0..8 (two groups); the 4 scales of a group are
+        // the record's first 8 bytes.
+        unsafe {
+            let lo = _mm_loadl_epi64(self.record(0, b).cast());
+            let hi = _mm_loadl_epi64(self.record(ROWS4, b).cast());
+            _mm_unpacklo_epi64(lo, hi)
+        }
+    }
+    fn bytes8(self) -> usize {
+        2 * self.gb
+    }
+    fn start(self) -> *const u8 {
+        self.w
+    }
+}
 
 /// IEEE binary16 at `p` to f32 (exact), scalar.
 #[inline(always)]
@@ -105,16 +239,15 @@ const PREFETCH_GROUP_MAX: usize = 32 * 1024;
 /// Q8_0 GEMV over 8 weight rows: returns their 8 outputs for one quantized activation
 /// row.
 #[inline(always)]
-unsafe fn gemv8<D: Dot4>(
-    w: *const u8,
-    rb: usize,
+unsafe fn gemv8<D: Dot4, L: QRows>(
+    w: L,
     nb: usize,
     a: *const u8,
     da: *const f32,
     next: *const u8,
 ) -> __m256 {
-    // SAFETY (whole body): the caller guarantees 8 rows of `rb = nb·34` bytes at `w`,
-    // `nb·32` codes at `a` and `nb` scales at `da`, plus the target features.
+    // SAFETY (whole body): the caller guarantees 8 rows of `nb` blocks at `w`, `nb·32`
+    // codes at `a` and `nb` scales at `da`, plus the target features.
     unsafe {
         let mut acc = _mm256_setzero_ps();
         // The 8 rows are read as 8 short interleaved streams, which the hardware
@@ -122,8 +255,8 @@ unsafe fn gemv8<D: Dot4>(
         // group computes, pull in the next one (`next`, 8·rb bytes) a slice per block.
         // Long rows are 8 long sequential streams, which the hardware follows; there a
         // look-ahead of a whole group would only push the current one out of L2.
-        let lines = if 8 * rb <= PREFETCH_GROUP_MAX {
-            (8 * rb).div_ceil(64)
+        let lines = if w.bytes8() <= PREFETCH_GROUP_MAX {
+            w.bytes8().div_ceil(64)
         } else {
             0
         };
@@ -135,10 +268,9 @@ unsafe fn gemv8<D: Dot4>(
                 _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(64 * l).cast());
             }
             let av = _mm256_loadu_si256(a.add(QK * b).cast());
-            let base = w.add(B34 * b);
             let mut p = [_mm256_setzero_si256(); 8];
             for (k, pk) in p.iter_mut().enumerate() {
-                let wv = _mm256_loadu_si256(base.add(k * rb + 2).cast());
+                let wv = _mm256_loadu_si256(w.codes(k, b).cast());
                 // |w| carries the magnitude (a stored -128 becomes 128 as unsigned), the
                 // activation (never -128) takes w's sign.
                 *pk = D::dp(
@@ -148,18 +280,7 @@ unsafe fn gemv8<D: Dot4>(
                 );
             }
             let isum = reduce8(&p);
-            // The 8 rows' f16 scales, one 16-bit insert each (a gather is slower on
-            // the cores measured).
-            let sc = |k: usize| i32::from(base.add(k * rb).cast::<u16>().read_unaligned());
-            let mut h = _mm_cvtsi32_si128(sc(0));
-            h = _mm_insert_epi16::<1>(h, sc(1));
-            h = _mm_insert_epi16::<2>(h, sc(2));
-            h = _mm_insert_epi16::<3>(h, sc(3));
-            h = _mm_insert_epi16::<4>(h, sc(4));
-            h = _mm_insert_epi16::<5>(h, sc(5));
-            h = _mm_insert_epi16::<6>(h, sc(6));
-            h = _mm_insert_epi16::<7>(h, sc(7));
-            let dw = _mm256_cvtph_ps(h);
+            let dw = _mm256_cvtph_ps(w.scales8(b));
             let s = _mm256_mul_ps(dw, _mm256_set1_ps(*da.add(b)));
             acc = _mm256_add_ps(acc, _mm256_mul_ps(s, _mm256_cvtepi32_ps(isum)));
         }
@@ -172,11 +293,11 @@ unsafe fn gemv8<D: Dot4>(
 ///
 /// # Safety
 ///
-/// AVX2 and F16C; `w` holds 8 rows of `rb = nb·34` bytes, `a` holds `nb·32` codes, `da` `nb` scales, `y` 8 floats.
+/// AVX2 and F16C; `w` holds 8 rows of `nb` blocks, `a` holds `nb·32` codes, `da` `nb`
+/// scales, `y` 8 floats.
 #[target_feature(enable = "avx2,f16c")]
-pub unsafe fn gemv8_avx2(
-    w: *const u8,
-    rb: usize,
+pub unsafe fn gemv8_avx2<L: QRows>(
+    w: L,
     nb: usize,
     a: *const u8,
     da: *const f32,
@@ -184,7 +305,7 @@ pub unsafe fn gemv8_avx2(
     next: *const u8,
 ) {
     // SAFETY: forwarded preconditions.
-    unsafe { _mm256_storeu_ps(y, gemv8::<MaddubsDot>(w, rb, nb, a, da, next)) }
+    unsafe { _mm256_storeu_ps(y, gemv8::<MaddubsDot, L>(w, nb, a, da, next)) }
 }
 
 /// [`gemv8_avx2`] with AVX-VNNI.
@@ -193,9 +314,8 @@ pub unsafe fn gemv8_avx2(
 ///
 /// As [`gemv8_avx2`], plus AVX-VNNI.
 #[target_feature(enable = "avx2,f16c,avxvnni")]
-pub unsafe fn gemv8_avxvnni(
-    w: *const u8,
-    rb: usize,
+pub unsafe fn gemv8_avxvnni<L: QRows>(
+    w: L,
     nb: usize,
     a: *const u8,
     da: *const f32,
@@ -203,7 +323,7 @@ pub unsafe fn gemv8_avxvnni(
     next: *const u8,
 ) {
     // SAFETY: forwarded preconditions.
-    unsafe { _mm256_storeu_ps(y, gemv8::<AvxVnniDot>(w, rb, nb, a, da, next)) }
+    unsafe { _mm256_storeu_ps(y, gemv8::<AvxVnniDot, L>(w, nb, a, da, next)) }
 }
 
 /// [`gemv8_avx2`] with AVX-512 VNNI on ymm registers.
@@ -212,9 +332,8 @@ pub unsafe fn gemv8_avxvnni(
 ///
 /// As [`gemv8_avx2`], plus AVX-512 F/BW/VL/VNNI.
 #[target_feature(enable = "avx2,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn gemv8_avx512vnni(
-    w: *const u8,
-    rb: usize,
+pub unsafe fn gemv8_avx512vnni<L: QRows>(
+    w: L,
     nb: usize,
     a: *const u8,
     da: *const f32,
@@ -222,27 +341,26 @@ pub unsafe fn gemv8_avx512vnni(
     next: *const u8,
 ) {
     // SAFETY: forwarded preconditions.
-    unsafe { _mm256_storeu_ps(y, gemv8::<Avx512VnniDot>(w, rb, nb, a, da, next)) }
+    unsafe { _mm256_storeu_ps(y, gemv8::<Avx512VnniDot, L>(w, nb, a, da, next)) }
 }
 
-/// Four codes of weight row `w` at block `b`, quad `q`, broadcast to every 32-bit lane.
+/// Four codes of weight row `r` at block `b`, quad `q`, as an i32.
 #[inline(always)]
-unsafe fn wquad256(w: *const u8, b: usize, q: usize) -> __m256i {
-    // SAFETY: the caller guarantees the row holds block b.
-    unsafe { _mm256_set1_epi32(w.add(B34 * b + 2 + 4 * q).cast::<i32>().read_unaligned()) }
+unsafe fn wquad<L: QRows>(w: L, r: usize, b: usize, q: usize) -> i32 {
+    // SAFETY: the caller guarantees row r holds block b.
+    unsafe { w.codes(r, b).add(4 * q).cast::<i32>().read_unaligned() }
 }
 
 /// Q8_0 GEMM tile, AVX2: `R` weight rows against one group of 8 activation rows packed
 /// `[block][quad][row][4]` (signed codes). Returns `out[r][lane]`.
 #[inline(always)]
-unsafe fn gemm_avx2_body<const R: usize>(
-    w: *const u8,
-    rb: usize,
+unsafe fn gemm_avx2_body<L: QRows, const R: usize>(
+    w: L,
     nb: usize,
     pa: *const u8,
     ps: *const f32,
 ) -> [[f32; 8]; R] {
-    // SAFETY (whole body): the caller guarantees R rows of rb bytes at w, nb·256 packed
+    // SAFETY (whole body): the caller guarantees R rows of nb blocks at w, nb·256 packed
     // codes at pa and nb·8 scales at ps, plus AVX2 and F16C.
     unsafe {
         let ones = _mm256_set1_epi16(1);
@@ -252,14 +370,14 @@ unsafe fn gemm_avx2_body<const R: usize>(
             for q in 0..8 {
                 let av = _mm256_loadu_si256(pa.add((b * 8 + q) * 32).cast());
                 for (r, ia) in iacc.iter_mut().enumerate() {
-                    let wq = wquad256(w.add(r * rb), b, q);
+                    let wq = _mm256_set1_epi32(wquad(w, r, b, q));
                     let p = _mm256_maddubs_epi16(_mm256_abs_epi8(wq), _mm256_sign_epi8(av, wq));
                     *ia = _mm256_add_epi32(*ia, _mm256_madd_epi16(p, ones));
                 }
             }
             let das = _mm256_loadu_ps(ps.add(b * 8));
             for (r, (fa, ia)) in facc.iter_mut().zip(&iacc).enumerate() {
-                let s = _mm256_mul_ps(_mm256_set1_ps(f16_at(w.add(r * rb + B34 * b))), das);
+                let s = _mm256_mul_ps(_mm256_set1_ps(w.scale(r, b)), das);
                 *fa = _mm256_add_ps(*fa, _mm256_mul_ps(s, _mm256_cvtepi32_ps(*ia)));
             }
         }
@@ -275,9 +393,8 @@ unsafe fn gemm_avx2_body<const R: usize>(
 /// stored offset by 128 (unsigned), so one `vpdpbusd` per quad and row does the products,
 /// and `128·Σw` is taken off per block.
 #[inline(always)]
-unsafe fn gemm_vnni256_body<D: Dot4, const R: usize>(
-    w: *const u8,
-    rb: usize,
+unsafe fn gemm_vnni256_body<D: Dot4, L: QRows, const R: usize>(
+    w: L,
     nb: usize,
     pa: *const u8,
     ps: *const f32,
@@ -292,15 +409,20 @@ unsafe fn gemm_vnni256_body<D: Dot4, const R: usize>(
             for q in 0..8 {
                 let av = _mm256_loadu_si256(pa.add((b * 8 + q) * 32).cast());
                 for r in 0..R {
-                    let wq = wquad256(w.add(r * rb), b, q);
+                    let wq = _mm256_set1_epi32(wquad(w, r, b, q));
                     iacc[r] = D::dp(iacc[r], av, wq);
-                    corr[r] = D::dp(corr[r], k80, wq);
+                    if !L::SUMS {
+                        corr[r] = D::dp(corr[r], k80, wq);
+                    }
                 }
             }
             let das = _mm256_loadu_ps(ps.add(b * 8));
             for r in 0..R {
+                if L::SUMS {
+                    corr[r] = _mm256_set1_epi32(128 * w.sum(r, b));
+                }
                 let isum = _mm256_sub_epi32(iacc[r], corr[r]);
-                let s = _mm256_mul_ps(_mm256_set1_ps(f16_at(w.add(r * rb + B34 * b))), das);
+                let s = _mm256_mul_ps(_mm256_set1_ps(w.scale(r, b)), das);
                 facc[r] = _mm256_add_ps(facc[r], _mm256_mul_ps(s, _mm256_cvtepi32_ps(isum)));
             }
         }
@@ -317,18 +439,17 @@ unsafe fn gemm_vnni256_body<D: Dot4, const R: usize>(
 ///
 /// # Safety
 ///
-/// AVX2 and F16C; `w` holds the tile's rows of `rb >= nb·34` bytes each, `pa` `nb·256`
-/// packed codes, `ps` `nb·8` scales.
+/// AVX2 and F16C; `w` holds the tile's rows of `nb` blocks each, `pa` `nb·256` packed
+/// codes, `ps` `nb·8` scales.
 #[target_feature(enable = "avx2,f16c")]
-pub unsafe fn gemm_avx2_4(
-    w: *const u8,
-    rb: usize,
+pub unsafe fn gemm_avx2_4<L: QRows>(
+    w: L,
     nb: usize,
     pa: *const u8,
     ps: *const f32,
 ) -> [[f32; 8]; 4] {
     // SAFETY: forwarded preconditions.
-    unsafe { gemm_avx2_body::<4>(w, rb, nb, pa, ps) }
+    unsafe { gemm_avx2_body::<L, 4>(w, nb, pa, ps) }
 }
 
 /// See [`gemm_avx2_4`].
@@ -337,15 +458,14 @@ pub unsafe fn gemm_avx2_4(
 ///
 /// As [`gemm_avx2_4`], for one row.
 #[target_feature(enable = "avx2,f16c")]
-pub unsafe fn gemm_avx2_1(
-    w: *const u8,
-    rb: usize,
+pub unsafe fn gemm_avx2_1<L: QRows>(
+    w: L,
     nb: usize,
     pa: *const u8,
     ps: *const f32,
 ) -> [[f32; 8]; 1] {
     // SAFETY: forwarded preconditions.
-    unsafe { gemm_avx2_body::<1>(w, rb, nb, pa, ps) }
+    unsafe { gemm_avx2_body::<L, 1>(w, nb, pa, ps) }
 }
 
 /// Q8_0 GEMM tile with AVX-VNNI over 4 rows against 8 packed activation rows stored
@@ -355,15 +475,14 @@ pub unsafe fn gemm_avx2_1(
 ///
 /// As [`gemm_avx2_4`], plus AVX-VNNI, and the codes offset.
 #[target_feature(enable = "avx2,f16c,avxvnni")]
-pub unsafe fn gemm_avxvnni_4(
-    w: *const u8,
-    rb: usize,
+pub unsafe fn gemm_avxvnni_4<L: QRows>(
+    w: L,
     nb: usize,
     pa: *const u8,
     ps: *const f32,
 ) -> [[f32; 8]; 4] {
     // SAFETY: forwarded preconditions.
-    unsafe { gemm_vnni256_body::<AvxVnniDot, 4>(w, rb, nb, pa, ps) }
+    unsafe { gemm_vnni256_body::<AvxVnniDot, L, 4>(w, nb, pa, ps) }
 }
 
 /// See [`gemm_avxvnni_4`].
@@ -372,37 +491,42 @@ pub unsafe fn gemm_avxvnni_4(
 ///
 /// As [`gemm_avxvnni_4`], for one row.
 #[target_feature(enable = "avx2,f16c,avxvnni")]
-pub unsafe fn gemm_avxvnni_1(
-    w: *const u8,
-    rb: usize,
+pub unsafe fn gemm_avxvnni_1<L: QRows>(
+    w: L,
     nb: usize,
     pa: *const u8,
     ps: *const f32,
 ) -> [[f32; 8]; 1] {
     // SAFETY: forwarded preconditions.
-    unsafe { gemm_vnni256_body::<AvxVnniDot, 1>(w, rb, nb, pa, ps) }
+    unsafe { gemm_vnni256_body::<AvxVnniDot, L, 1>(w, nb, pa, ps) }
 }
 
 /// Q8_0 GEMM tile with AVX-512 VNNI: `R` weight rows against `A` groups of 16 activation
 /// rows (codes offset by 128, packed `[block][quad][row][4]`, groups `gstride` codes and
 /// `sstride` scales apart). Returns `out[r][g][lane]`.
 #[inline(always)]
-unsafe fn gemm_zmm_body<const R: usize, const A: usize>(
-    w: *const u8,
-    rb: usize,
+unsafe fn gemm_zmm_body<L: QRows, const R: usize, const A: usize>(
+    w: L,
     nb: usize,
     pa: *const u8,
     gstride: usize,
     ps: *const f32,
     sstride: usize,
 ) -> [[[f32; 16]; A]; R] {
-    // SAFETY (whole body): the caller guarantees R rows of rb bytes at w, A groups of
+    // SAFETY (whole body): the caller guarantees R rows of nb blocks at w, A groups of
     // nb·512 codes and nb·16 scales, and AVX-512 F/BW/VNNI and F16C.
     unsafe {
         let k80 = _mm512_set1_epi8(-128);
         let mut facc = [[_mm512_setzero_ps(); A]; R];
         for b in 0..nb {
+            // With stored sums the accumulators start at -128·Σw, so they end at the
+            // exact Σ a·w with no subtraction; otherwise Σw is formed alongside.
             let mut iacc = [[_mm512_setzero_si512(); A]; R];
+            if L::SUMS {
+                for (r, acc) in iacc.iter_mut().enumerate() {
+                    *acc = [_mm512_set1_epi32(-128 * w.sum(r, b)); A];
+                }
+            }
             let mut corr = [_mm512_setzero_si512(); R];
             for q in 0..8 {
                 let mut av = [_mm512_setzero_si512(); A];
@@ -410,12 +534,10 @@ unsafe fn gemm_zmm_body<const R: usize, const A: usize>(
                     *v = _mm512_loadu_si512(pa.add(g * gstride + (b * 8 + q) * 64).cast());
                 }
                 for r in 0..R {
-                    let wq = _mm512_set1_epi32(
-                        w.add(r * rb + B34 * b + 2 + 4 * q)
-                            .cast::<i32>()
-                            .read_unaligned(),
-                    );
-                    corr[r] = _mm512_dpbusd_epi32(corr[r], k80, wq);
+                    let wq = _mm512_set1_epi32(wquad(w, r, b, q));
+                    if !L::SUMS {
+                        corr[r] = _mm512_dpbusd_epi32(corr[r], k80, wq);
+                    }
                     for g in 0..A {
                         iacc[r][g] = _mm512_dpbusd_epi32(iacc[r][g], av[g], wq);
                     }
@@ -426,9 +548,13 @@ unsafe fn gemm_zmm_body<const R: usize, const A: usize>(
                 *d = _mm512_loadu_ps(ps.add(g * sstride + b * 16));
             }
             for r in 0..R {
-                let dw = _mm512_set1_ps(f16_at(w.add(r * rb + B34 * b)));
+                let dw = _mm512_set1_ps(w.scale(r, b));
                 for g in 0..A {
-                    let isum = _mm512_sub_epi32(iacc[r][g], corr[r]);
+                    let isum = if L::SUMS {
+                        iacc[r][g]
+                    } else {
+                        _mm512_sub_epi32(iacc[r][g], corr[r])
+                    };
                     let s = _mm512_mul_ps(dw, das[g]);
                     facc[r][g] =
                         _mm512_add_ps(facc[r][g], _mm512_mul_ps(s, _mm512_cvtepi32_ps(isum)));
@@ -451,9 +577,8 @@ unsafe fn gemm_zmm_body<const R: usize, const A: usize>(
 ///
 /// AVX-512 F/BW/VL/VNNI and F16C; see `gemm_zmm_body` for the buffers.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
-pub unsafe fn gemm_avx512vnni<const R: usize, const A: usize>(
-    w: *const u8,
-    rb: usize,
+pub unsafe fn gemm_avx512vnni<L: QRows, const R: usize, const A: usize>(
+    w: L,
     nb: usize,
     pa: *const u8,
     gstride: usize,
@@ -461,7 +586,7 @@ pub unsafe fn gemm_avx512vnni<const R: usize, const A: usize>(
     sstride: usize,
 ) -> [[[f32; 16]; A]; R] {
     // SAFETY: forwarded preconditions.
-    unsafe { gemm_zmm_body::<R, A>(w, rb, nb, pa, gstride, ps, sstride) }
+    unsafe { gemm_zmm_body::<L, R, A>(w, nb, pa, gstride, ps, sstride) }
 }
 
 /// Quantize one block of 32 activations to Q8_0 codes exactly as
@@ -783,6 +908,53 @@ impl Decode16 for DQ8 {
             let blk = row.add(B34 * (c / 2));
             let d = _mm512_set1_ps(f16_at(blk));
             let q = _mm_loadu_si128(blk.add(2 + 16 * (c % 2)).cast());
+            _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)))
+        }
+    }
+}
+
+/// Q8_0 rows stored four at a time (`TensorLayout::Q8Rows4`). The tiles address row `r`
+/// as `w + r·rb`; for this layout the driver passes `rb = 1` and `w` = the group's first
+/// byte plus the slot of the tile's first row, so the "row pointer" is the group's
+/// address (4-aligned: payloads are 64-aligned and groups are `nb·144` bytes) plus the
+/// row's slot in its low two bits. Tiles never straddle a group (they start on a slot and
+/// hold at most what is left of it).
+#[derive(Debug)]
+pub struct DQ8Rows4;
+impl DQ8Rows4 {
+    /// The block record holding value `16c` of the encoded row, and the row's slot.
+    #[inline(always)]
+    unsafe fn record(row: *const u8, c: usize) -> (*const u8, usize) {
+        let slot = row.addr() % ROWS4;
+        // SAFETY: the caller guarantees the encoding above and that the row holds block
+        // c/2.
+        (
+            unsafe { row.sub(slot).add(ROWS4_BLOCK_BYTES * (c / 2)) },
+            slot,
+        )
+    }
+}
+impl Decode16 for DQ8Rows4 {
+    #[inline(always)]
+    unsafe fn load(row: *const u8, c: usize) -> (__m256, __m256) {
+        // SAFETY: see `record`; the codes and scale lie inside the record.
+        unsafe {
+            let (rec, slot) = Self::record(row, c);
+            let d = _mm256_set1_ps(f16_at(rec.add(repack::scale_offset(slot))));
+            let q = rec.add(repack::codes_offset(slot) + 16 * (c % 2));
+            let lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(q.cast())));
+            let hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(q.add(8).cast())));
+            (_mm256_mul_ps(d, lo), _mm256_mul_ps(d, hi))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn load512(row: *const u8, c: usize) -> __m512 {
+        // SAFETY: as `load`; AVX-512F is enabled by the caller.
+        unsafe {
+            let (rec, slot) = Self::record(row, c);
+            let d = _mm512_set1_ps(f16_at(rec.add(repack::scale_offset(slot))));
+            let q = _mm_loadu_si128(rec.add(repack::codes_offset(slot) + 16 * (c % 2)).cast());
             _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)))
         }
     }
