@@ -201,7 +201,7 @@ fn pixels_and_frames_agree_and_the_cli_writes_the_reference() {
     npy::write_f32(&npy_px, &[3, r, r], &pixels).unwrap();
     let args = |out: &str, last: bool, pixels: bool| LogitsArgs {
         image: glim.clone(),
-        tokens: input_ids.clone(),
+        tokens: input_ids.iter().map(|&t| i64::from(t)).collect(),
         output: tmp.path().join(out),
         last,
         chunk: 16,

@@ -28,9 +28,11 @@ use crate::run::{HostClock, Picture, arena_for, load_picture};
 pub struct LogitsArgs {
     /// The .glim image.
     pub image: PathBuf,
-    /// Token ids, comma-separated (with the image-token id where the picture goes).
-    #[arg(long, value_delimiter = ',', required = true)]
-    pub tokens: Vec<u32>,
+    /// Token ids, comma-separated, with the image-token id, or -200 as `run --json`
+    /// prints it, where the picture goes.
+    #[arg(long, value_delimiter = ',', required = true, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i64).range(-200..=u32::MAX as i64))]
+    pub tokens: Vec<i64>,
     /// Output .npy path.
     #[arg(short, long)]
     pub output: PathBuf,
@@ -187,22 +189,45 @@ pub fn compute_with_image(
     Ok((positions, out))
 }
 
+/// `ids` as decoder ids: -200 (the placeholder `run --json` prints) becomes the image's
+/// image-token id, which needs a picture.
+fn resolve_placeholder(image: &Image, ids: &[i64], picture: bool) -> Result<Vec<u32>> {
+    let marker = image
+        .config()
+        .decoder
+        .as_ref()
+        .and_then(|d| d.image_token_id);
+    ids.iter()
+        .map(|&id| match u32::try_from(id) {
+            Ok(id) => Ok(id),
+            Err(_) => {
+                ensure!(
+                    picture,
+                    "the image placeholder {id} needs --image or --pixels"
+                );
+                marker.ok_or_else(|| anyhow!("the decoder config has no image token id"))
+            }
+        })
+        .collect()
+}
+
 /// Run `glimpse logits`.
 pub fn run(a: &LogitsArgs) -> Result<ExitCode> {
     let mapped = glimpse_host::MappedImage::open(&a.image)
         .with_context(|| format!("opening {}", a.image.display()))?;
     let image = mapped.parsed()?;
+    let tokens = resolve_placeholder(&image, &a.tokens, a.pixels.is_some() || a.picture.is_some())?;
     let t = Instant::now();
     let (rows, logits) = match (&a.pixels, &a.picture) {
         (None, None) => {
-            let l = compute_with(&image, &a.tokens, a.last, a.chunk, a.activations.into())?;
-            (a.tokens.len(), l)
+            let l = compute_with(&image, &tokens, a.last, a.chunk, a.activations.into())?;
+            (tokens.len(), l)
         }
         (Some(p), _) => {
             let (values, r) = load_pixels(p, 3)?;
             compute_with_image(
                 &image,
-                &a.tokens,
+                &tokens,
                 PictureInput::Pixels {
                     values: &values,
                     resolution: r as usize,
@@ -216,7 +241,7 @@ pub fn run(a: &LogitsArgs) -> Result<ExitCode> {
             let picture = load_picture(p)?;
             compute_with_image(
                 &image,
-                &a.tokens,
+                &tokens,
                 PictureInput::Picture {
                     picture: &picture,
                     resolution: a.image_size,
