@@ -264,7 +264,9 @@ def prepare_assets(args, glimpse):
         if not SMOL_Q41.exists():
             run(["bash", ROOT / "tests" / "scripts" / "fetch_assets.sh"])
         worker(args.llama_python, "requantize", out=str(SMOL_Q8))
-    smol = BENCH / "smollm2-135m.q8_0.glim"
+    # Images are cached under names that say how they were converted (".rows4": Q8_0
+    # matrices in four-row groups, `glimpse convert`'s default since it has had one).
+    smol = BENCH / "smollm2-135m.q8_0.rows4.glim"
     if not smol.exists():
         run([glimpse, "convert", SMOL_Q8, "-o", smol, "--quant", "q8_0", "-q"])
     ckpt = pathlib.Path(args.fastvlm_dir) if args.fastvlm_dir else BENCH / "fastvlm-0.5b-random"
@@ -272,7 +274,7 @@ def prepare_assets(args, glimpse):
         run([args.torch_python, ROOT / "tests" / "scripts" / "make_fastvlm_checkpoint.py", "--out", ckpt])
     images = {}
     for q in ("q8_0", "f32"):
-        img = BENCH / f"fastvlm-0.5b.{q}.glim"
+        img = BENCH / (f"fastvlm-0.5b.{q}.rows4.glim" if q == "q8_0" else f"fastvlm-0.5b.{q}.glim")
         if not img.exists():
             run([glimpse, "convert", ckpt, "-o", img, "--quant", q, "-q"])
         images[q] = img

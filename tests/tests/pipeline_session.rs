@@ -438,6 +438,7 @@ fn a_text_only_image_runs_from_ids_with_the_decoders_own_results() {
         keep: KeepArg::F32,
         config: None,
         tokenizer: None,
+        repack: glimpse_tools::RepackArg::All,
         progress: false,
     })
     .unwrap();

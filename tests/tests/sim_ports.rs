@@ -73,6 +73,7 @@ fn smollm2_image() -> Option<&'static Path> {
                 keep: KeepArg::F32,
                 config: None,
                 tokenizer: None,
+                repack: glimpse_tools::RepackArg::All,
                 progress: false,
             };
             convert(&opts).unwrap_or_else(|e| panic!("converting SmolLM2: {e:#}"));
@@ -99,6 +100,7 @@ fn converted_once(
             keep: KeepArg::F32,
             config: None,
             tokenizer: None,
+            repack: glimpse_tools::RepackArg::All,
             progress: false,
         };
         convert(&opts).unwrap_or_else(|e| panic!("converting {input}: {e:#}"));

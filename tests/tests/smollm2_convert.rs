@@ -45,6 +45,7 @@ fn convert_smollm2(quant: QuantArg) -> Option<(Report, tempfile::TempDir)> {
         keep: KeepArg::F32,
         config: None,
         tokenizer: None,
+        repack: glimpse_tools::RepackArg::All,
         progress: false,
     })
     .unwrap();

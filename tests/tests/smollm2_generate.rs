@@ -55,6 +55,7 @@ fn converted(quant: QuantArg) -> Option<AlignedBytes> {
         keep: KeepArg::F32,
         config: None,
         tokenizer: None,
+        repack: glimpse_tools::RepackArg::All,
         progress: false,
     };
     convert(&opts).unwrap_or_else(|e| panic!("converting: {e:#}"));

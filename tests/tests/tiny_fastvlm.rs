@@ -213,3 +213,112 @@ fn demo_captions_the_bundled_samples() {
     };
     assert_eq!(captions(&stdout), captions(&again));
 }
+
+/// `glimpse` with `args`, asserting success; returns stdout.
+fn glimpse(args: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(glimpse_bin())
+        .args(args)
+        .output()
+        .expect("running glimpse");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "glimpse {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Four-row groups (`convert --repack`) are a layout, not a format: the vision encoder,
+/// projector and decoder must give the plain image's logits to the bit, and `--repack`
+/// must repack exactly the matrices it names.
+#[test]
+fn repacked_images_give_the_plain_images_logits_to_the_bit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let picture = model_dir().join("samples").join("group.png");
+    let mut logits = Vec::new();
+    let mut prompt: Option<String> = None;
+    for policy in ["none", "vision", "all"] {
+        let img = dir.path().join(format!("{policy}.glim"));
+        glimpse(&[
+            "convert".as_ref(),
+            model_dir().as_os_str(),
+            "-o".as_ref(),
+            img.as_os_str(),
+            "--repack".as_ref(),
+            policy.as_ref(),
+            "-q".as_ref(),
+        ]);
+        let report: serde_json::Value = serde_json::from_str(&glimpse(&[
+            "inspect".as_ref(),
+            img.as_os_str(),
+            "--json".as_ref(),
+        ]))
+        .expect("inspect --json");
+        let mut repacked = 0;
+        for t in report["tensors"].as_array().expect("tensors") {
+            let name = t["name"].as_str().expect("name");
+            let rows4 = t["layout"] == "rows4";
+            let rows = t["shape"][0].as_u64().unwrap_or(0);
+            let eligible = t["dtype"] == "q8_0"
+                && t["shape"].as_array().map(Vec::len) == Some(2)
+                && rows % 4 == 0;
+            let wanted = match policy {
+                "none" => false,
+                "vision" => name.starts_with("vision.") || name.starts_with("projector."),
+                _ => true,
+            };
+            assert_eq!(
+                rows4,
+                wanted && eligible,
+                "{policy}: {name} layout {}",
+                t["layout"]
+            );
+            repacked += usize::from(rows4);
+        }
+        eprintln!("--repack {policy}: {repacked} matrices in four-row groups");
+        if policy != "none" {
+            assert!(repacked > 0, "--repack {policy} repacked nothing");
+        }
+        // The prompt and the caption the plain image generates, teacher-forced through
+        // every image.
+        let ids = prompt.get_or_insert_with(|| {
+            let out = glimpse(&[
+                "run".as_ref(),
+                img.as_os_str(),
+                "--image".as_ref(),
+                picture.as_os_str(),
+                "--prompt".as_ref(),
+                QUESTION.as_ref(),
+                "--json".as_ref(),
+            ]);
+            let v: serde_json::Value =
+                serde_json::from_str(out.lines().last().expect("json line")).expect("json");
+            let all: Vec<String> = ["prompt_ids", "tokens"]
+                .iter()
+                .flat_map(|k| v[*k].as_array().expect("ids").clone())
+                .map(|id| id.to_string())
+                .collect();
+            all.join(",")
+        });
+        let npy = dir.path().join(format!("{policy}.npy"));
+        glimpse(&[
+            "logits".as_ref(),
+            img.as_os_str(),
+            "--tokens".as_ref(),
+            ids.as_ref(),
+            "--image".as_ref(),
+            picture.as_os_str(),
+            "-o".as_ref(),
+            npy.as_os_str(),
+        ]);
+        logits.push(std::fs::read(&npy).expect("reading logits"));
+    }
+    assert!(
+        logits[0].len() > 1000,
+        "{} bytes of logits",
+        logits[0].len()
+    );
+    assert!(logits[1] == logits[0], "--repack vision changed the logits");
+    assert!(logits[2] == logits[0], "--repack all changed the logits");
+}

@@ -24,6 +24,7 @@ fn convert_to(dir: &Path, out: &Path) {
         keep: KeepArg::F32,
         config: None,
         tokenizer: None,
+        repack: glimpse_tools::RepackArg::All,
         progress: false,
     };
     convert(&opts).unwrap();

@@ -20,7 +20,7 @@ use glimpse_core::session::{Report, Session, SessionOptions};
 use crate::convert::{Options, convert};
 use crate::plan::KvArg;
 use crate::run::{CollectSink, HostClock, Picture, arena_for, describe, load_picture};
-use crate::{KeepArg, QuantArg};
+use crate::{KeepArg, QuantArg, RepackArg};
 
 /// The question the tiny model was trained on (tests/scripts/tiny_fastvlm/common.py).
 pub const QUESTION: &str = "Describe the image.";
@@ -170,6 +170,7 @@ pub fn convert_if_stale(model: &Path, out: &Path, quant: QuantArg) -> Result<boo
         keep: KeepArg::F32,
         config: None,
         tokenizer: None,
+        repack: RepackArg::All,
         progress: false,
     })?;
     Ok(true)

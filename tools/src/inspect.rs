@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use glimpse_core::image::{Image, ImageError};
 use glimpse_host::MappedImage;
 use glimpse_quant::DType;
-use glimpse_quant::layout::{ChatTemplate, ModelConfig, VERSION_MAJOR};
+use glimpse_quant::layout::{ChatTemplate, ModelConfig, TensorLayout, VERSION_MAJOR};
 use serde_json::{Value, json};
 
 use crate::InspectArgs;
@@ -21,6 +21,8 @@ pub struct TensorRow {
     pub name: String,
     /// Storage format.
     pub dtype: DType,
+    /// Row arrangement.
+    pub layout: TensorLayout,
     /// Shape, outermost first.
     pub shape: Vec<u32>,
     /// Payload bytes.
@@ -117,6 +119,7 @@ pub fn inspect_bytes(bytes: &[u8]) -> Report {
         report.tensors.push(TensorRow {
             name: t.name.to_string(),
             dtype: t.dtype,
+            layout: t.layout,
             shape: t.dims().to_vec(),
             bytes: t.data.len() as u64,
             offset: t.offset,
@@ -311,15 +314,15 @@ pub fn render_text(r: &Report, path: &Path) -> String {
         let _ = writeln!(s, "\ntensors ({})", r.tensors.len());
         let _ = writeln!(
             s,
-            "  {:>5}  {:<name_w$}  {:<5}  {:<shape_w$}  {:>12}  {:>12}  crc",
+            "  {:>5}  {:<name_w$}  {:<10}  {:<shape_w$}  {:>12}  {:>12}  crc",
             "#", "name", "dtype", "shape", "bytes", "offset"
         );
         for (i, (t, shape)) in r.tensors.iter().zip(&shapes).enumerate() {
             let _ = writeln!(
                 s,
-                "  {i:>5}  {:<name_w$}  {:<5}  {shape:<shape_w$}  {:>12}  {:>12}  {}",
+                "  {i:>5}  {:<name_w$}  {:<10}  {shape:<shape_w$}  {:>12}  {:>12}  {}",
                 t.name,
-                t.dtype.name(),
+                t.layout.storage_name(t.dtype),
                 t.bytes,
                 t.offset,
                 if t.crc_ok { "ok" } else { "BAD" }
@@ -376,6 +379,7 @@ pub fn to_json(r: &Report, path: &Path) -> Value {
             json!({
                 "name": t.name,
                 "dtype": t.dtype.name(),
+                "layout": t.layout.name(),
                 "shape": t.shape,
                 "bytes": t.bytes,
                 "offset": t.offset,

@@ -1449,6 +1449,7 @@ fn fastvlm_gets_the_qwen2_system_prompt_when_the_template_has_none() {
             keep: KeepArg::F32,
             config: None,
             tokenizer: None,
+            repack: glimpse_tools::RepackArg::All,
             progress: false,
         })
         .unwrap();

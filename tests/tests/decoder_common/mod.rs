@@ -23,6 +23,7 @@ pub fn convert_to_bytes(input: &Path, quant: QuantArg) -> AlignedBytes {
         keep: KeepArg::F32,
         config: None,
         tokenizer: None,
+        repack: glimpse_tools::RepackArg::All,
         progress: false,
     };
     convert(&opts).unwrap_or_else(|e| panic!("converting {}: {e:#}", input.display()));

@@ -47,6 +47,7 @@ pub fn converted(quant: QuantArg, keep: KeepArg) -> AlignedBytes {
         keep,
         config: None,
         tokenizer: None,
+        repack: glimpse_tools::RepackArg::All,
         progress: false,
     };
     convert(&opts).unwrap_or_else(|e| panic!("converting the pipeline fixture: {e:#}"));

@@ -38,6 +38,7 @@ pub fn convert_fixture(dir: &Path, quant: QuantArg, keep: KeepArg) -> AlignedByt
         keep,
         config: None,
         tokenizer: None,
+        repack: glimpse_tools::RepackArg::All,
         progress: false,
     };
     convert(&opts).unwrap_or_else(|e| panic!("converting {}: {e:#}", dir.display()));

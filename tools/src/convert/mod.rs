@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use glimpse_quant::DType;
-use glimpse_quant::layout::{ChatTemplate, ModelConfig};
+use glimpse_quant::layout::{ChatTemplate, ModelConfig, TensorLayout};
 use glimpse_quant::writer::ImageBuilder;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::{ConvertArgs, KeepArg, QuantArg};
+use crate::{ConvertArgs, KeepArg, QuantArg, RepackArg};
 use model::{ConvertedModel, Role};
 
 mod fastvithd;
@@ -85,6 +85,8 @@ pub struct Options {
     pub config: Option<PathBuf>,
     /// tokenizer.json override.
     pub tokenizer: Option<PathBuf>,
+    /// Which Q8_0 matrices to store four rows at a time.
+    pub repack: RepackArg,
     /// Show a progress bar (on a terminal).
     pub progress: bool,
 }
@@ -98,9 +100,44 @@ impl From<&ConvertArgs> for Options {
             keep: a.keep,
             config: a.config.clone(),
             tokenizer: a.tokenizer.clone(),
+            repack: a.repack,
             progress: !a.quiet,
         }
     }
+}
+
+/// Whether `policy` repacks the tensor `name` (only Q8_0 matrices with a multiple of 4
+/// rows can be).
+pub fn repacks(policy: RepackArg, name: &str, dtype: DType, shape: &[u32]) -> bool {
+    let wanted = match policy {
+        RepackArg::None => false,
+        RepackArg::Vision => name.starts_with("vision.") || name.starts_with("projector."),
+        RepackArg::All => true,
+    };
+    wanted && TensorLayout::Q8Rows4.payload_bytes(dtype, shape).is_some()
+}
+
+/// The layout and payload a tensor is stored with: `bytes` (plain rows) as they are, or
+/// rearranged four rows at a time when `policy` says so.
+fn repack(
+    policy: RepackArg,
+    name: &str,
+    dtype: DType,
+    shape: &[u32],
+    bytes: Vec<u8>,
+) -> Result<(TensorLayout, Vec<u8>)> {
+    if !repacks(policy, name, dtype, shape) {
+        return Ok((TensorLayout::RowMajor, bytes));
+    }
+    let (rows, cols) = (shape[0] as usize, shape[1] as usize);
+    let len = TensorLayout::Q8Rows4
+        .payload_bytes(dtype, shape)
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| anyhow!("tensor `{name}` is too large to repack"))?;
+    let mut out = vec![0u8; len];
+    glimpse_quant::repack::repack_rows4(rows, cols, &bytes, &mut out)
+        .map_err(|e| anyhow!("cannot repack tensor `{name}`: {e}"))?;
+    Ok((TensorLayout::Q8Rows4, out))
 }
 
 /// The storage format of the recipe's matrices.
@@ -132,6 +169,8 @@ pub struct TensorReport {
     pub shape: Vec<u32>,
     /// Storage format.
     pub dtype: DType,
+    /// Row arrangement.
+    pub layout: TensorLayout,
     /// Payload bytes.
     pub bytes: u64,
     /// Role, for numeric tensors (`None` for tokenizer tables).
@@ -402,14 +441,16 @@ pub fn convert(opts: &Options) -> Result<Report> {
         bar.set_message(t.name.clone());
         let (dtype, note) = quantize::storage_dtype(t.role, &t.shape, weights, kept);
         let enc = quantize::encode(&t, dtype)?;
-        let bytes = enc.bytes.len() as u64;
+        let (layout, payload) = repack(opts.repack, &t.name, dtype, &t.shape, enc.bytes)?;
+        let bytes = payload.len() as u64;
         builder
-            .add(&t.name, dtype, &t.shape, enc.bytes)
+            .add_with_layout(&t.name, dtype, layout, &t.shape, payload)
             .map_err(|e| anyhow!("cannot add tensor `{}`: {e}", t.name))?;
         reports.push(TensorReport {
             name: t.name,
             shape: t.shape,
             dtype,
+            layout,
             bytes,
             role: Some(t.role),
             sqnr_db: enc.stats.map(|s| s.sqnr_db()),
@@ -427,6 +468,7 @@ pub fn convert(opts: &Options) -> Result<Report> {
             name: t.name,
             shape: t.shape,
             dtype: t.dtype,
+            layout: TensorLayout::RowMajor,
             bytes,
             role: None,
             sqnr_db: None,
@@ -528,7 +570,7 @@ pub fn format_table(r: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<name_w$}  {:<14}  {:<5}  {:>12}  {:>8}  {:>10}",
+        "{:<name_w$}  {:<14}  {:<10}  {:>12}  {:>8}  {:>10}",
         "name", "shape", "dtype", "bytes", "SQNR dB", "max|err|"
     );
     for t in &r.tensors {
@@ -542,10 +584,10 @@ pub fn format_table(r: &Report) -> String {
             .unwrap_or_else(|| "-".into());
         let _ = write!(
             s,
-            "{:<name_w$}  {:<14}  {:<5}  {:>12}  {:>8}  {:>10}{flag}",
+            "{:<name_w$}  {:<14}  {:<10}  {:>12}  {:>8}  {:>10}{flag}",
             t.name,
             fmt_shape(&t.shape),
-            t.dtype.name(),
+            t.layout.storage_name(t.dtype),
             t.bytes,
             fmt_sqnr(t.sqnr_db),
             err
