@@ -528,10 +528,42 @@ impl GroupedJob<'_> {
                 }
             };
 
+            // Output columns whose every tap lies inside the row (stride 1): there the
+            // depthwise loop runs DW_PIXELS columns at once, each tap's weights loaded
+            // once for all of them.
+            let interior = if s == 1 && m == 1 && g.width + 1 >= k {
+                (k / 2)..(g.width + k / 2 + 1 - k).min(ow)
+            } else {
+                0..0
+            };
             for (oy, out_row) in rows.clone().zip(out.chunks_exact_mut(ow * co)) {
                 let iy0 = (oy * s) as isize - pad;
                 let kys = valid_taps(iy0, k, g.height);
-                for (ox, out_px) in out_row.chunks_exact_mut(co).enumerate() {
+                let mut ox = 0;
+                while ox < ow {
+                    if interior.contains(&ox) && ox + DW_PIXELS <= interior.end {
+                        let block = DwBlock {
+                            ox,
+                            co,
+                            ci0,
+                            nci,
+                            bias: bk,
+                            taps: wsrc,
+                            stride: wstride,
+                            iy0,
+                            kys: kys.clone(),
+                        };
+                        self.depthwise_block(&block, out_row);
+                        ox += DW_PIXELS;
+                        continue;
+                    }
+                    let Some(out_px) = out_row.get_mut(ox * co..(ox + 1) * co) else {
+                        break;
+                    };
+                    // One column, any position: the loop below is the reference.
+                    let (this, next) = (ox, ox + 1);
+                    ox = next;
+                    let ox = this;
                     let acc = out_px.get_mut(co0..co0 + nco).unwrap_or_default();
                     acc.copy_from_slice(bk);
                     let ix0 = (ox * s) as isize - pad;
@@ -599,7 +631,102 @@ impl GroupedJob<'_> {
     }
 }
 
+/// Output columns the depthwise fast path computes at once.
+const DW_PIXELS: usize = 4;
+
+/// Where a run of [`DW_PIXELS`] interior output columns of one row reads and writes.
+struct DwBlock<'w> {
+    /// First output column.
+    ox: usize,
+    /// Output channels per pixel.
+    co: usize,
+    /// First channel and channel count of the chunk.
+    ci0: usize,
+    nci: usize,
+    /// The chunk's biases and taps (tap `t`'s weights at `t·stride`).
+    bias: &'w [f32],
+    taps: &'w [f32],
+    stride: usize,
+    /// Input row of tap row 0, and the tap rows inside the image.
+    iy0: isize,
+    kys: Range<usize>,
+}
+
 impl GroupedJob<'_> {
+    /// Depthwise (stride 1) over [`DW_PIXELS`] adjacent output columns whose taps all lie
+    /// inside the input row: 16 channels of every column in registers, each tap's 16
+    /// weights loaded once for all columns. Each output sees the bias, then the taps in
+    /// the per-pixel loop's order (tap rows, then columns), so the same bits.
+    #[inline(always)]
+    fn depthwise_block(&self, b: &DwBlock<'_>, out_row: &mut [f32]) {
+        let g = &self.g;
+        let (k, c) = (g.kernel, g.channels);
+        let row_len = g.width * c;
+        let pad = k / 2;
+        let vecs = b.nci / 16;
+        for v in 0..vecs {
+            let ch = b.ci0 + 16 * v;
+            let Some(bias) = b.bias.get(16 * v..).and_then(|s| s.first_chunk::<16>()) else {
+                continue;
+            };
+            let mut r = [*bias; DW_PIXELS];
+            for ky in b.kys.clone() {
+                let iy = (b.iy0 + ky as isize) as usize - self.window_start;
+                let Some(in_row) = self.input.get(iy * row_len..(iy + 1) * row_len) else {
+                    continue;
+                };
+                for kx in 0..k {
+                    let wo = (ky * k + kx) * b.stride + 16 * v;
+                    let Some(w) = b.taps.get(wo..).and_then(|s| s.first_chunk::<16>()) else {
+                        continue;
+                    };
+                    for (p, rp) in r.iter_mut().enumerate() {
+                        // Column ox + p reads input column ox + p - pad + kx (>= 0 inside
+                        // the interior).
+                        let xo = (b.ox + p + kx - pad) * c + ch;
+                        let Some(x) = in_row.get(xo..).and_then(|s| s.first_chunk::<16>()) else {
+                            continue;
+                        };
+                        for j in 0..16 {
+                            rp[j] += x[j] * w[j];
+                        }
+                    }
+                }
+            }
+            for (p, rp) in r.iter().enumerate() {
+                let o = (b.ox + p) * b.co + ch;
+                if let Some(dst) = out_row.get_mut(o..o + 16) {
+                    dst.copy_from_slice(rp);
+                }
+            }
+        }
+        // Channels past the last whole 16: the per-pixel loop's tail.
+        let done = vecs * 16;
+        if done < b.nci {
+            let kxs = 0..k;
+            for p in 0..DW_PIXELS {
+                let ox = b.ox + p;
+                let o = ox * b.co + b.ci0;
+                let Some(acc) = out_row.get_mut(o + done..o + b.nci) else {
+                    continue;
+                };
+                acc.copy_from_slice(b.bias.get(done..b.nci).unwrap_or_default());
+                let ix0 = ox as isize - pad as isize;
+                self.taps_grouped(
+                    acc,
+                    b.ci0 + done,
+                    done,
+                    b.taps,
+                    b.stride,
+                    b.iy0,
+                    ix0,
+                    &b.kys,
+                    &kxs,
+                );
+            }
+        }
+    }
+
     /// Depthwise taps for the channels past the last whole 16 of a chunk: `acc` holds
     /// channels `c0 ..` (offset `w0` into each tap's weights).
     #[allow(clippy::too_many_arguments)]
@@ -947,6 +1074,68 @@ mod tests {
                 "{g:?}: {}",
                 max_err(&got, &want)
             );
+        }
+    }
+
+    #[test]
+    fn depthwise_column_blocks_keep_the_per_pixel_order_to_the_bit() {
+        // Rows wide enough for several DW_PIXELS blocks plus left-over interior columns
+        // and both borders; 70 channels = a 64-channel chunk with a 6-channel tail.
+        for &(h, w, c, k) in &[
+            (5, 23, 48, 7),
+            (4, 13, 70, 3),
+            (6, 11, 16, 7),
+            (3, 4, 32, 3),
+        ] {
+            let g = Grouped {
+                height: h,
+                width: w,
+                channels: c,
+                mult: 1,
+                kernel: k,
+                stride: 1,
+            };
+            let x = values(h * w * c, 4);
+            let wt = values(k * k * c, 5);
+            let b = values(c, 6);
+            // f32, bias first, then the valid taps row by row: the reference loop's order.
+            let p = (k / 2) as isize;
+            let mut want = vec![0f32; h * w * c];
+            for oy in 0..h {
+                for ox in 0..w {
+                    for o in 0..c {
+                        let mut acc = b[o];
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let (iy, ix) =
+                                    (oy as isize + ky as isize - p, ox as isize + kx as isize - p);
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                    continue;
+                                }
+                                let xi = (iy as usize * w + ix as usize) * c + o;
+                                acc += x[xi] * wt[(ky * k + kx) * c + o];
+                            }
+                        }
+                        want[(oy * w + ox) * c + o] = acc;
+                    }
+                }
+            }
+            let mut got = vec![0f32; want.len()];
+            let mut scratch = vec![0f32; g.scratch_floats()];
+            grouped_conv(
+                &g,
+                &x,
+                0,
+                Params::from_f32(&wt),
+                Params::from_f32(&b),
+                0..h,
+                &mut got,
+                &mut scratch,
+            )
+            .unwrap();
+            for (i, (a, e)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(a.to_bits(), e.to_bits(), "{g:?} element {i}: {a} vs {e}");
+            }
         }
     }
 
