@@ -1,6 +1,7 @@
 //! Installing a thread pool as the core's default executor (what `glimpse bench
 //! --threads` does) changes no result of the entry points without an executor argument:
-//! linear, grouped and dense convs and GELU give the same bits before and after. Its own test
+//! linear, grouped and dense convs, vision attention and GELU give the same bits before
+//! and after. Its own test
 //! binary, because the default executor is process-wide.
 
 use glimpse_core::kernels::conv::{Dense, Grouped, Params, dense_conv_planar, grouped_conv};
@@ -89,6 +90,22 @@ fn run_all() -> Vec<u32> {
     )
     .unwrap();
     out.extend(y.iter().map(|v| v.to_bits()));
+    // Attention split by (head, query block): FastViTHD's head width and another, token
+    // counts with a partial query block, scratch for three tasks (and for one: the pool
+    // must then leave it on one task).
+    for (tokens, heads, head_dim, copies) in [(300, 4, 32, 3), (130, 3, 16, 3), (200, 2, 32, 1)] {
+        use glimpse_core::kernels::attention::{PackedQkv, self_attention};
+        let l = PackedQkv {
+            tokens,
+            heads,
+            head_dim,
+        };
+        let qkv = values(tokens * 3 * l.dim(), 10);
+        let mut y = vec![0f32; tokens * l.dim()];
+        let mut s = vec![0f32; copies * l.scratch_floats()];
+        self_attention(&l, &qkv, 0.125, &mut y, &mut s).unwrap();
+        out.extend(y.iter().map(|v| v.to_bits()));
+    }
     // GELU over a buffer long enough to be split (a ConvFFN hidden tile's size).
     let mut h = values(384 * 4096 + 13, 9);
     glimpse_core::kernels::math::gelu_inplace(&mut h);

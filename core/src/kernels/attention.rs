@@ -5,10 +5,13 @@
 //! FastViTHD stage 4 at 1024 x 1024 (24 heads over 1024 tokens) needs no 100 MB score
 //! buffer.
 
+use core::ops::Range;
+
+use glimpse_hal::{Executor, Sequential};
+
 use crate::error::Error;
-use crate::kernels::cpu::Cpu;
-#[cfg(target_arch = "x86_64")]
-use crate::kernels::cpu::F32Kernel;
+use crate::kernels::cpu::{Cpu, F32Kernel};
+use crate::kernels::par::{SharedMut, piece, task_count, with_default_executor};
 
 /// Queries processed together: they share one transposed key block (so the larger, the
 /// fewer transposes; each query's arithmetic does not depend on it).
@@ -73,8 +76,10 @@ fn exp_nonpositive(x: f32) -> f32 {
 /// `out = softmax(scale · Q Kᵀ) V` per head over a packed QKV matrix (see [`PackedQkv`]).
 ///
 /// `out` is `tokens x C` with channel `head * head_dim + d` (heads concatenated, as the
-/// output projection expects); `scratch` holds `l.scratch_floats()` f32s. The scale is
-/// applied to the queries before the dot products, as timm and Apple do.
+/// output projection expects); `scratch` holds at least `l.scratch_floats()` f32s, and
+/// each further whole `l.scratch_floats()` lets one more task of the default executor
+/// take a share of the (head, query block) pairs. The scale is applied to the queries
+/// before the dot products, as timm and Apple do. Every split gives the same bits.
 pub fn self_attention(
     l: &PackedQkv,
     qkv: &[f32],
@@ -82,12 +87,14 @@ pub fn self_attention(
     out: &mut [f32],
     scratch: &mut [f32],
 ) -> Result<(), Error> {
-    self_attention_on(Cpu::active(), l, qkv, scale, out, scratch)
+    with_default_executor(|exec| {
+        self_attention_with(exec, Cpu::active(), l, qkv, scale, out, scratch)
+    })
 }
 
-/// [`self_attention`] compiled for the widest vectors `cpu` allows (intersected with what
-/// is active). The loops have no reductions across lanes, so every width gives the same
-/// bits; this exists to test that.
+/// [`self_attention`] on one task, compiled for the widest vectors `cpu` allows
+/// (intersected with what is active). The loops have no reductions across lanes, so
+/// every width gives the same bits; this exists to test that.
 pub fn self_attention_on(
     cpu: Cpu,
     l: &PackedQkv,
@@ -96,49 +103,15 @@ pub fn self_attention_on(
     out: &mut [f32],
     scratch: &mut [f32],
 ) -> Result<(), Error> {
-    #[cfg(target_arch = "x86_64")]
-    match cpu.usable().f32_kernel() {
-        // SAFETY: the kernel kind was chosen from the usable CPU features.
-        F32Kernel::Avx512 => return unsafe { attention_avx512(l, qkv, scale, out, scratch) },
-        F32Kernel::Avx2 => return unsafe { attention_avx2(l, qkv, scale, out, scratch) },
-        _ => {}
-    }
-    let _ = cpu;
-    attention_body(l, qkv, scale, out, scratch)
+    self_attention_with(&mut Sequential, cpu, l, qkv, scale, out, scratch)
 }
 
-/// # Safety
-///
-/// The CPU implements AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn attention_avx2(
-    l: &PackedQkv,
-    qkv: &[f32],
-    scale: f32,
-    out: &mut [f32],
-    scratch: &mut [f32],
-) -> Result<(), Error> {
-    attention_body(l, qkv, scale, out, scratch)
-}
-
-/// # Safety
-///
-/// The CPU implements AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,avx512f")]
-unsafe fn attention_avx512(
-    l: &PackedQkv,
-    qkv: &[f32],
-    scale: f32,
-    out: &mut [f32],
-    scratch: &mut [f32],
-) -> Result<(), Error> {
-    attention_body(l, qkv, scale, out, scratch)
-}
-
-#[inline(always)]
-fn attention_body(
+/// [`self_attention_on`] with the (head, query block) pairs split across `exec`'s tasks,
+/// as many as `scratch` holds copies of `l.scratch_floats()` for.
+#[allow(clippy::too_many_arguments)]
+pub fn self_attention_with(
+    exec: &mut dyn Executor,
+    cpu: Cpu,
     l: &PackedQkv,
     qkv: &[f32],
     scale: f32,
@@ -162,13 +135,112 @@ fn attention_body(
     };
     len("attention qkv", n * 3 * c, qkv.len())?;
     len("attention output", n * c, out.len())?;
-    if scratch.len() < l.scratch_floats() {
+    let per = l.scratch_floats();
+    if scratch.len() < per {
         return Err(Error::Length {
             what: "attention scratch",
-            expected: l.scratch_floats(),
+            expected: per,
             got: scratch.len(),
         });
     }
+    let units = l.heads * n.div_ceil(Q_BLOCK);
+    // Work: the scores and the weighted sums, 2·N·hd multiply-adds per query and head.
+    let work = l
+        .heads
+        .saturating_mul(n)
+        .saturating_mul(n)
+        .saturating_mul(2 * hd);
+    let tasks = task_count(exec, units, work)
+        .min(scratch.len() / per)
+        .max(1);
+    let kind = cpu.usable().f32_kernel();
+    let out = SharedMut::new(out);
+    if tasks == 1 {
+        run_units(kind, l, qkv, scale, &out, 0..units, scratch);
+        return Ok(());
+    }
+    let scr = SharedMut::new(scratch);
+    exec.run(tasks, &|t| {
+        let r = piece(units, tasks, 1, t);
+        // SAFETY: task t alone uses scratch copy t (tasks <= scratch.len() / per), and
+        // writes only the output elements of its own (head, query block) pairs.
+        if let Some(sc) = unsafe { scr.slice(t * per..(t + 1) * per) } {
+            run_units(kind, l, qkv, scale, &out, r, sc);
+        }
+    });
+    Ok(())
+}
+
+/// Units `units` (unit `u` = head `u / blocks`, query block `u % blocks`) compiled for
+/// `kind`'s vector width.
+fn run_units(
+    kind: F32Kernel,
+    l: &PackedQkv,
+    qkv: &[f32],
+    scale: f32,
+    out: &SharedMut<'_, f32>,
+    units: Range<usize>,
+    scratch: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    match kind {
+        // SAFETY: the kernel kind was chosen from the usable CPU features.
+        F32Kernel::Avx512 => {
+            return unsafe { attention_avx512(l, qkv, scale, out, units, scratch) };
+        }
+        F32Kernel::Avx2 => return unsafe { attention_avx2(l, qkv, scale, out, units, scratch) },
+        _ => {}
+    }
+    let _ = kind;
+    attention_body(l, qkv, scale, out, units, scratch)
+}
+
+/// # Safety
+///
+/// The CPU implements AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn attention_avx2(
+    l: &PackedQkv,
+    qkv: &[f32],
+    scale: f32,
+    out: &SharedMut<'_, f32>,
+    units: Range<usize>,
+    scratch: &mut [f32],
+) {
+    attention_body(l, qkv, scale, out, units, scratch)
+}
+
+/// # Safety
+///
+/// The CPU implements AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f")]
+unsafe fn attention_avx512(
+    l: &PackedQkv,
+    qkv: &[f32],
+    scale: f32,
+    out: &SharedMut<'_, f32>,
+    units: Range<usize>,
+    scratch: &mut [f32],
+) {
+    attention_body(l, qkv, scale, out, units, scratch)
+}
+
+/// The (head, query block) units `units`: online softmax over streamed key blocks. The
+/// caller checked every length; `out` is written only at the units' rows and head
+/// columns.
+#[inline(always)]
+fn attention_body(
+    l: &PackedQkv,
+    qkv: &[f32],
+    scale: f32,
+    out: &SharedMut<'_, f32>,
+    units: Range<usize>,
+    scratch: &mut [f32],
+) {
+    let (n, hd, c) = (l.tokens, l.head_dim, l.dim());
+    let blocks = n.div_ceil(Q_BLOCK).max(1);
     let (qs, rest) = scratch.split_at_mut(Q_BLOCK * hd);
     let (kt, rest) = rest.split_at_mut(hd * K_BLOCK);
     let (sc, rest) = rest.split_at_mut(Q_BLOCK * K_BLOCK);
@@ -176,11 +248,15 @@ fn attention_body(
     let sum = rest.get_mut(..Q_BLOCK).unwrap_or_default();
     let rows = || qkv.chunks_exact(3 * c);
 
-    for h in 0..l.heads {
+    for u in units {
+        let (h, q0) = (u / blocks, (u % blocks) * Q_BLOCK);
         let (qo, ko, vo) = (h * hd, c + h * hd, 2 * c + h * hd);
-        let mut q0 = 0;
-        while q0 < n {
-            let nq = Q_BLOCK.min(n - q0);
+        // This unit's slice of output row q0 + i (its head's columns).
+        // SAFETY: only this unit touches these elements, and each slice is dropped before
+        // the next one of the same row is taken.
+        let orow = |i: usize| unsafe { out.slice((q0 + i) * c + qo..(q0 + i) * c + qo + hd) };
+        {
+            let nq = Q_BLOCK.min(n.saturating_sub(q0));
             for (dst, row) in qs.chunks_exact_mut(hd).zip(rows().skip(q0).take(nq)) {
                 let q = row.get(qo..qo + hd).unwrap_or_default();
                 for (d, &x) in dst.iter_mut().zip(q) {
@@ -189,8 +265,8 @@ fn attention_body(
             }
             mx.fill(f32::NEG_INFINITY);
             sum.fill(0.0);
-            for o in out.chunks_exact_mut(c).skip(q0).take(nq) {
-                o.get_mut(qo..qo + hd).unwrap_or_default().fill(0.0);
+            for i in 0..nq {
+                orow(i).unwrap_or_default().fill(0.0);
             }
 
             let mut k0 = 0;
@@ -206,7 +282,7 @@ fn attention_body(
                         }
                     }
                 }
-                for (i, o) in out.chunks_exact_mut(c).skip(q0).take(nq).enumerate() {
+                for i in 0..nq {
                     let s = sc
                         .get_mut(i * K_BLOCK..i * K_BLOCK + nk)
                         .unwrap_or_default();
@@ -230,7 +306,7 @@ fn attention_body(
                     }
                     let block_sum = s.iter().fold(0.0f32, |acc, &p| acc + p);
                     *l = *l * corr + block_sum;
-                    let acc = o.get_mut(qo..qo + hd).unwrap_or_default();
+                    let acc = orow(i).unwrap_or_default();
                     if corr != 1.0 {
                         for a in acc.iter_mut() {
                             *a *= corr;
@@ -250,17 +326,15 @@ fn attention_body(
                 k0 += nk;
             }
 
-            for (o, &l) in out.chunks_exact_mut(c).skip(q0).take(nq).zip(sum.iter()) {
+            for (i, &l) in sum.iter().enumerate().take(nq) {
                 // l >= 1: the maximum's own term is exp(0).
                 let inv = 1.0 / l;
-                for a in o.get_mut(qo..qo + hd).unwrap_or_default() {
+                for a in orow(i).unwrap_or_default() {
                     *a *= inv;
                 }
             }
-            q0 += nq;
         }
     }
-    Ok(())
 }
 
 /// The head width with register-resident loops (FastViTHD's: 768 / 24 and 1536 / 48).

@@ -11,12 +11,13 @@ use super::{
     Shape, Work, block_prefix, kept, linear_tiled, matrix, prefix_mut, tile_pixels,
     tiled_scratch_bytes, vector,
 };
-use crate::arena::Arena;
+use crate::arena::{ALIGN, Arena};
 use crate::error::Error;
 use crate::image::Image;
 use crate::kernels::attention::{PackedQkv, self_attention};
 use crate::kernels::conv::Params;
 use crate::kernels::linear::linear_vec;
+use crate::kernels::par::with_default_executor;
 use crate::kernels::{Vector, Weights};
 
 /// One attention block.
@@ -133,11 +134,19 @@ impl<'a> AttentionBlock<'a> {
             let x = prefix_mut(x, shape.len())?;
             let (t, qkv) = prefix_mut(other, self.other_floats(shape))?.split_at_mut(n * c);
             arena.scope(|a| {
-                let attn_scratch = a.f32s(layout.scratch_floats())?;
                 let params = a.f32s(3 * c)?;
                 let tile_px = tile_pixels(c);
                 let tile = a.f32s(n.min(tile_px) * c)?;
                 let lin = a.bytes(self.linear_scratch(n))?;
+                // The attention scratch last: one copy is planned; a copy per further task
+                // of the executor comes out of what the work region has to spare here
+                // (its size is set by larger layers, such as this block's ConvFFN), so
+                // the plan does not grow and a single-task port takes just the one.
+                let per = layout.scratch_floats();
+                let tasks = with_default_executor(|e| e.parallelism()).max(1);
+                let spare = a.remaining().saturating_sub(ALIGN) / 4 / per.max(1);
+                let copies = spare.clamp(1, tasks);
+                let attn_scratch = a.f32s(per * copies)?;
                 let (nw, rest) = params.split_at_mut(c);
                 let (nb, ls) = rest.split_at_mut(c);
                 self.norm_w.load(0, nw)?;
