@@ -55,6 +55,17 @@ pub trait QRows: Copy {
     unsafe fn scale(self, r: usize, b: usize) -> f32;
     /// `Σ codes` of row `r`, block `b` (only read when [`QRows::SUMS`]).
     unsafe fn sum(self, r: usize, b: usize) -> i32;
+    /// The scales of rows `0..R`, block `b`, widened (the same values as
+    /// [`QRows::scale`]).
+    #[inline(always)]
+    unsafe fn scales<const R: usize>(self, b: usize) -> [f32; R] {
+        let mut d = [0f32; R];
+        for (r, d) in d.iter_mut().enumerate() {
+            // SAFETY: the caller vouches for rows 0..R and block b.
+            *d = unsafe { self.scale(r, b) };
+        }
+        d
+    }
     /// The f16 scales of rows 0..8, block `b`, as 8 halves.
     unsafe fn scales8(self, b: usize) -> __m128i;
     /// Bytes spanned by 8 rows (what a GEMV group reads).
@@ -150,6 +161,25 @@ impl QRows for Rows4 {
             let p = self.record(r, b).add(repack::sum_offset(r % ROWS4));
             i32::from(i16::from_le(p.cast::<i16>().read_unaligned()))
         }
+    }
+    #[inline(always)]
+    unsafe fn scales<const R: usize>(self, b: usize) -> [f32; R] {
+        // A whole group's four scales are the record's first 8 bytes: one F16C
+        // conversion (exact, as the scalar one) instead of four.
+        let mut d = [0f32; R];
+        if R == ROWS4 {
+            // SAFETY: as `record`, for rows 0..4; F16C comes with every caller.
+            unsafe {
+                let v = _mm_cvtph_ps(_mm_loadl_epi64(self.record(0, b).cast()));
+                _mm_storeu_ps(d.as_mut_ptr(), v);
+            }
+        } else {
+            for (r, d) in d.iter_mut().enumerate() {
+                // SAFETY: the caller vouches for rows 0..R and block b.
+                *d = unsafe { self.scale(r, b) };
+            }
+        }
+        d
     }
     #[inline(always)]
     unsafe fn scales8(self, b: usize) -> __m128i {
@@ -376,8 +406,9 @@ unsafe fn gemm_avx2_body<L: QRows, const R: usize>(
                 }
             }
             let das = _mm256_loadu_ps(ps.add(b * 8));
-            for (r, (fa, ia)) in facc.iter_mut().zip(&iacc).enumerate() {
-                let s = _mm256_mul_ps(_mm256_set1_ps(w.scale(r, b)), das);
+            let dws = w.scales::<R>(b);
+            for ((fa, ia), &dw) in facc.iter_mut().zip(&iacc).zip(&dws) {
+                let s = _mm256_mul_ps(_mm256_set1_ps(dw), das);
                 *fa = _mm256_add_ps(*fa, _mm256_mul_ps(s, _mm256_cvtepi32_ps(*ia)));
             }
         }
@@ -417,12 +448,13 @@ unsafe fn gemm_vnni256_body<D: Dot4, L: QRows, const R: usize>(
                 }
             }
             let das = _mm256_loadu_ps(ps.add(b * 8));
+            let dws = w.scales::<R>(b);
             for r in 0..R {
                 if L::SUMS {
                     corr[r] = _mm256_set1_epi32(128 * w.sum(r, b));
                 }
                 let isum = _mm256_sub_epi32(iacc[r], corr[r]);
-                let s = _mm256_mul_ps(_mm256_set1_ps(w.scale(r, b)), das);
+                let s = _mm256_mul_ps(_mm256_set1_ps(dws[r]), das);
                 facc[r] = _mm256_add_ps(facc[r], _mm256_mul_ps(s, _mm256_cvtepi32_ps(isum)));
             }
         }
@@ -547,8 +579,9 @@ unsafe fn gemm_zmm_body<L: QRows, const R: usize, const A: usize>(
             for (g, d) in das.iter_mut().enumerate() {
                 *d = _mm512_loadu_ps(ps.add(g * sstride + b * 16));
             }
+            let dws = w.scales::<R>(b);
             for r in 0..R {
-                let dw = _mm512_set1_ps(w.scale(r, b));
+                let dw = _mm512_set1_ps(dws[r]);
                 for g in 0..A {
                     let isum = if L::SUMS {
                         iacc[r][g]
