@@ -424,3 +424,71 @@ fn four_row_groups_give_the_plain_rows_bits_on_every_kernel_and_thread_count() {
     assert!(Weights::with_layout(DType::E4M3, TensorLayout::Q8Rows4, 4, 64, &data).is_err());
     assert!(Weights::with_layout(DType::Q8_0, TensorLayout::Q8Rows4, 4, 64, &data[1..]).is_err());
 }
+
+#[test]
+fn causal_attention_split_over_threads_changes_no_bit() {
+    use glimpse_core::decoder::attention::{Heads, causal, causal_with};
+    let g = Heads {
+        heads: 6,
+        kv_heads: 2,
+        head_dim: 16,
+    };
+    let mut pools: Vec<ThreadPool> = [2, 3, 7]
+        .into_iter()
+        .map(|t| ThreadPool::new(t).unwrap())
+        .collect();
+    // A first chunk and a later one (p0 > 0), several queries per task and fewer.
+    for (p0, m) in [(0usize, 37usize), (20, 5), (3, 2)] {
+        let ctx = p0 + m;
+        let q = values(m * g.q_dim(), 31 + m as u64, 1.0);
+        let k = values(ctx * g.kv_dim(), 32, 1.0);
+        let v = values(ctx * g.kv_dim(), 33, 1.0);
+        let k16: Vec<half::f16> = k.iter().map(|&x| half::f16::from_f32(x)).collect();
+        let v16: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
+        let mut scores = vec![0f32; ctx];
+        let mut want = vec![0f32; m * g.q_dim()];
+        let mut want16 = vec![0f32; m * g.q_dim()];
+        causal(g, &q, &k, &v, p0, &mut scores, &mut want).unwrap();
+        causal(g, &q, &k16, &v16, p0, &mut scores, &mut want16).unwrap();
+        for pool in pools.iter_mut() {
+            // Spare bytes for every extra task, misaligned by one byte on purpose.
+            let mut spare = vec![0u8; 1 + 4 * ctx * pool.threads()];
+            let mut got = vec![f32::NAN; m * g.q_dim()];
+            causal_with(
+                pool,
+                g,
+                &q,
+                &k,
+                &v,
+                p0,
+                &mut scores,
+                &mut spare[1..],
+                &mut got,
+            )
+            .unwrap();
+            assert_bits(
+                &got,
+                &want,
+                &format!("f32 KV p0={p0} m={m} {}t", pool.threads()),
+            );
+            let mut got = vec![f32::NAN; m * g.q_dim()];
+            causal_with(
+                pool,
+                g,
+                &q,
+                &k16,
+                &v16,
+                p0,
+                &mut scores,
+                &mut spare[1..],
+                &mut got,
+            )
+            .unwrap();
+            assert_bits(
+                &got,
+                &want16,
+                &format!("f16 KV p0={p0} m={m} {}t", pool.threads()),
+            );
+        }
+    }
+}

@@ -6,10 +6,13 @@
 
 use half::f16;
 
+use glimpse_hal::{Executor, Sequential};
+
 use crate::error::Error;
 use crate::kernels::f16_to_f32;
 use crate::kernels::linear::dot_f32;
 use crate::kernels::math::{axpy, softmax};
+use crate::kernels::par::{SharedMut, task_count};
 
 /// A number format the KV cache stores: what attention needs from a cached row.
 pub trait KvElem: Copy {
@@ -90,13 +93,33 @@ impl Heads {
 ///
 /// `q` and `out` are `m × q_dim`, `k` and `v` are `(p0 + m) × kv_dim` (already rotated),
 /// `scores` holds at least `p0 + m` values.
-pub fn causal<T: KvElem>(
+pub fn causal<T: KvElem + Sync>(
     g: Heads,
     q: &[f32],
     k: &[T],
     v: &[T],
     p0: usize,
     scores: &mut [f32],
+    out: &mut [f32],
+) -> Result<(), Error> {
+    causal_with(&mut Sequential, g, q, k, v, p0, scores, &mut [], out)
+}
+
+/// [`causal`] with the queries dealt out to `exec`'s tasks (query `i` to task `i mod
+/// tasks`, so the growing rows are shared evenly): task 0 uses `scores`, each further
+/// task a score row carved from `spare` (bytes idle meanwhile, such as the linear
+/// scratch), as many tasks as `spare` holds rows for. Every query is computed alone,
+/// so the bits do not depend on the split.
+#[allow(clippy::too_many_arguments)]
+pub fn causal_with<T: KvElem + Sync>(
+    exec: &mut dyn Executor,
+    g: Heads,
+    q: &[f32],
+    k: &[T],
+    v: &[T],
+    p0: usize,
+    scores: &mut [f32],
+    spare: &mut [u8],
     out: &mut [f32],
 ) -> Result<(), Error> {
     let (qd, kvd, hd) = (g.q_dim(), g.kv_dim(), g.head_dim);
@@ -127,28 +150,98 @@ pub fn causal<T: KvElem>(
         expected: ctx,
         got: have,
     })?;
-    let group = g.heads / g.kv_heads;
-    let scale = (1.0 / libm::sqrt(hd as f64)) as f32;
+    // Score rows for the other tasks, f32-aligned inside `spare`.
+    let pad = spare.as_ptr().align_offset(4).min(spare.len());
+    let extra: &mut [f32] = spare
+        .get_mut(pad..)
+        .map(|b| {
+            let whole = b.len() / 4 * 4;
+            bytemuck::try_cast_slice_mut(&mut b[..whole]).unwrap_or_default()
+        })
+        .unwrap_or_default();
+    let work = m.saturating_mul(ctx).saturating_mul(2 * qd);
+    let tasks = task_count(exec, m, work)
+        .min(1 + extra.len() / ctx.max(1))
+        .max(1);
+    let job = Causal {
+        g,
+        q,
+        k,
+        v,
+        p0,
+        scale: (1.0 / libm::sqrt(hd as f64)) as f32,
+    };
+    let out = SharedMut::new(out);
+    if tasks == 1 {
+        job.rows(0, 1, scores, &out);
+        return Ok(());
+    }
+    let extra = SharedMut::new(extra);
+    let first = SharedMut::new(scores);
+    exec.run(tasks, &|t| {
+        // SAFETY: task 0 alone uses `scores`, task t > 0 alone score row t - 1 of `extra`
+        // (tasks <= 1 + extra.len() / ctx).
+        let s = unsafe {
+            if t == 0 {
+                first.slice(0..ctx)
+            } else {
+                extra.slice((t - 1) * ctx..t * ctx)
+            }
+        };
+        if let Some(s) = s {
+            job.rows(t, tasks, s, &out);
+        }
+    });
+    Ok(())
+}
 
-    for (i, (qi, oi)) in q.chunks_exact(qd).zip(out.chunks_exact_mut(qd)).enumerate() {
-        let seen = p0 + i + 1;
-        let s = scores.get_mut(..seen).unwrap_or_default();
-        for (h, (qh, oh)) in qi.chunks_exact(hd).zip(oi.chunks_exact_mut(hd)).enumerate() {
-            let off = (h / group) * hd;
-            fn head<T>(row: &[T], off: usize, hd: usize) -> &[T] {
-                row.get(off..off + hd).unwrap_or(&[])
-            }
-            for (sc, kr) in s.iter_mut().zip(k.chunks_exact(kvd)) {
-                *sc = T::dot(qh, head(kr, off, hd)) * scale;
-            }
-            softmax(s);
-            oh.fill(0.0);
-            for (&p, vr) in s.iter().zip(v.chunks_exact(kvd)) {
-                T::axpy(oh, p, head(vr, off, hd));
+/// What every query of one [`causal_with`] call reads.
+struct Causal<'a, T> {
+    g: Heads,
+    q: &'a [f32],
+    k: &'a [T],
+    v: &'a [T],
+    p0: usize,
+    scale: f32,
+}
+
+impl<T: KvElem> Causal<'_, T> {
+    /// Queries `first, first + step, ...`, with `scores` (at least `p0 + m` values) as
+    /// the score row; writes only those queries' output rows.
+    fn rows(&self, first: usize, step: usize, scores: &mut [f32], out: &SharedMut<'_, f32>) {
+        let g = self.g;
+        let (qd, kvd, hd) = (g.q_dim(), g.kv_dim(), g.head_dim);
+        let group = g.heads / g.kv_heads;
+        for (i, qi) in self
+            .q
+            .chunks_exact(qd)
+            .enumerate()
+            .skip(first)
+            .step_by(step.max(1))
+        {
+            // SAFETY: query rows are dealt to tasks by `i mod step`, so no other task
+            // touches output row i.
+            let Some(oi) = (unsafe { out.slice(i * qd..(i + 1) * qd) }) else {
+                continue;
+            };
+            let seen = self.p0 + i + 1;
+            let s = scores.get_mut(..seen).unwrap_or_default();
+            for (h, (qh, oh)) in qi.chunks_exact(hd).zip(oi.chunks_exact_mut(hd)).enumerate() {
+                let off = (h / group) * hd;
+                fn head<T>(row: &[T], off: usize, hd: usize) -> &[T] {
+                    row.get(off..off + hd).unwrap_or(&[])
+                }
+                for (sc, kr) in s.iter_mut().zip(self.k.chunks_exact(kvd)) {
+                    *sc = T::dot(qh, head(kr, off, hd)) * self.scale;
+                }
+                softmax(s);
+                oh.fill(0.0);
+                for (&p, vr) in s.iter().zip(self.v.chunks_exact(kvd)) {
+                    T::axpy(oh, p, head(vr, off, hd));
+                }
             }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

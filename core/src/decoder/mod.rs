@@ -27,6 +27,7 @@ use crate::image::{Image, TensorView};
 use crate::kernels::Vector;
 use crate::kernels::linear::{Q8Activations, Weights, linear_scratch_bytes, linear_vec};
 use crate::kernels::math::{add, rmsnorm, rope_cos_sin, rope_rotate_half};
+use crate::kernels::par::with_default_executor;
 
 pub use attention::Heads;
 pub use kv_cache::{KvCache, KvFormat, KvView};
@@ -733,8 +734,14 @@ impl<'a, 'w> DecoderState<'a, 'w> {
             self.kv.store(l, p0, k, v)?;
         }
         match self.kv.prefix(l, p0 + m)? {
-            KvView::F32 { k, v } => attention::causal(g, q, k, v, p0, self.scores, att)?,
-            KvView::F16 { k, v } => attention::causal(g, q, k, v, p0, self.scores, att)?,
+            // The linear scratch is idle until the output projection: it lends the
+            // extra tasks their score rows.
+            KvView::F32 { k, v } => with_default_executor(|e| {
+                attention::causal_with(e, g, q, k, v, p0, self.scores, scratch, att)
+            })?,
+            KvView::F16 { k, v } => with_default_executor(|e| {
+                attention::causal_with(e, g, q, k, v, p0, self.scores, scratch, att)
+            })?,
         }
         linear_vec(&layer.o, None, att, m, xn, scratch)?;
         add(x, xn)?;
