@@ -12,7 +12,9 @@ use glimpse_quant::DType;
 use glimpse_quant::layout::{QK, TensorLayout};
 
 use crate::kernels::cpu::{F32Kernel, Q8Kernel};
-use crate::kernels::linear::{Weights, decode_row, dot_decoded_rows4, lane_sums16, tree16};
+use crate::kernels::linear::{
+    Weights, decode_row, dot_decoded_rows4, dot_q8_row, dot_q8_rows4, lane_sums16, tree16,
+};
 use glimpse_hal::Executor;
 
 use crate::kernels::par::{SharedMut, for_pieces, task_count};
@@ -234,15 +236,33 @@ fn q8_rows_scalar(
 ) {
     let (rows, cols) = (w.rows, w.cols);
     let nb = cols / QK;
-    for r in range {
-        for (i, (cr, sr)) in codes
+    let acts = || {
+        codes
             .chunks_exact(cols)
             .zip(scales.chunks_exact(nb))
             .take(n)
             .enumerate()
-        {
-            // SAFETY: this task owns column r of every output row.
-            unsafe { y.write(i * rows + r, w.dot_q8(r, cr, sr)) };
+    };
+    // The layout is resolved once per weight row, not per product: on a scalar core the
+    // lookup costs as much as a short dot product.
+    for r in range {
+        match w.layout {
+            TensorLayout::RowMajor => {
+                let Some(wrow) = w.row(r) else { continue };
+                for (i, (cr, sr)) in acts() {
+                    // SAFETY: this task owns column r of every output row.
+                    unsafe { y.write(i * rows + r, dot_q8_row(wrow, cr, sr)) };
+                }
+            }
+            TensorLayout::Q8Rows4 => {
+                let Some((group, slot)) = w.group_of(r) else {
+                    continue;
+                };
+                for (i, (cr, sr)) in acts() {
+                    // SAFETY: as above.
+                    unsafe { y.write(i * rows + r, dot_q8_rows4(group, slot, cr, sr)) };
+                }
+            }
         }
     }
 }
