@@ -11,6 +11,7 @@ use glimpse_hal::{Executor, Sequential};
 
 use crate::error::Error;
 use crate::kernels::cpu::{Cpu, F32Kernel};
+use crate::kernels::math::same_len;
 use crate::kernels::par::{SharedMut, piece, task_count, with_default_executor};
 
 /// Queries processed together: they share one transposed key block (so the larger, the
@@ -45,32 +46,12 @@ impl PackedQkv {
     }
 }
 
-const LOG2E: f32 = core::f32::consts::LOG2_E;
-/// ln 2 split in two so `n * LN2_HI` is exact for the `n` that occur (|n| < 2^8).
-const LN2_HI: f32 = 0.693_145_75;
-const LN2_LO: f32 = 1.428_606_8e-6;
-/// 1.5 x 2^23: adding it rounds an f32 below 2^22 to an integer (ties to even), and the
-/// integer can be read back from the low mantissa bits.
-const ROUND_MAGIC: f32 = 12_582_912.0;
-
-/// e^x for x <= 0, branch-free so a loop over it vectorises. Relative error about 2e-7
-/// (degree-6 Taylor polynomial on |r| <= ln2/2, see the test); inputs below -87 give
-/// ~1e-38 instead of 0, which no softmax sum can notice next to its maximum term (1).
+/// e^x for x <= 0 ([`math::exp`](crate::kernels::math::exp) with positive inputs taken
+/// as 0): relative error about 2e-7; inputs below -87 give ~1e-38 instead of 0, which no
+/// softmax sum can notice next to its maximum term (1). NaN stays NaN.
 #[inline(always)]
 fn exp_nonpositive(x: f32) -> f32 {
-    let x = x.clamp(-87.0, 0.0);
-    let t = x * LOG2E + ROUND_MAGIC;
-    let n = t - ROUND_MAGIC;
-    let r = (x - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    // The low mantissa bits of t hold n + 2^22; n is in -126..=0, so 127 + n is a normal
-    // f32 exponent.
-    let ni = (t.to_bits() as i32) - 0x4B40_0000;
-    let scale = f32::from_bits(((127 + ni) as u32) << 23);
-    p * scale
+    crate::kernels::math::exp(if x > 0.0 { 0.0 } else { x })
 }
 
 /// `out = softmax(scale · Q Kᵀ) V` per head over a packed QKV matrix (see [`PackedQkv`]).
@@ -122,19 +103,8 @@ pub fn self_attention_with(
     if n == 0 || hd == 0 || l.heads == 0 {
         return Err(Error::EmptyInput);
     }
-    let len = |what, expected: usize, got: usize| {
-        if expected == got {
-            Ok(())
-        } else {
-            Err(Error::Length {
-                what,
-                expected,
-                got,
-            })
-        }
-    };
-    len("attention qkv", n * 3 * c, qkv.len())?;
-    len("attention output", n * c, out.len())?;
+    same_len("attention qkv", n * 3 * c, qkv.len())?;
+    same_len("attention output", n * c, out.len())?;
     let per = l.scratch_floats();
     if scratch.len() < per {
         return Err(Error::Length {

@@ -11,7 +11,8 @@ use crate::error::Error;
 use crate::kernels::Vector;
 use crate::kernels::par::{SharedMut, for_pieces, task_count, with_default_executor};
 
-fn same_len(what: &'static str, expected: usize, got: usize) -> Result<(), Error> {
+/// `Ok` when `got == expected`, else the length error naming `what`.
+pub(crate) fn same_len(what: &'static str, expected: usize, got: usize) -> Result<(), Error> {
     if expected == got {
         Ok(())
     } else {
