@@ -225,7 +225,9 @@ impl<'a> Weights<'a> {
     }
 
     /// Row `r` against one quantized activation row by the reference arithmetic
-    /// ([`dot_q8_row`]), whatever the layout (Q8_0 weights only; 0 past the end).
+    /// ([`dot_q8_row`]), whatever the layout (Q8_0 weights only; 0 past the end): the
+    /// x86 drivers' remainder rows.
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     pub(crate) fn dot_q8(&self, r: usize, codes: &[u8], scales: &[f32]) -> f32 {
         match self.layout {
