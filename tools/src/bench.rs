@@ -47,7 +47,7 @@ pub struct BenchArgs {
     /// Generated tokens for the tg test (0 skips it).
     #[arg(long, default_value_t = 64)]
     pub tg: usize,
-    /// Encoder resolutions (empty skips the encoder).
+    /// Encoder resolutions (`0`, like `--no-encoder`, skips the encoder).
     #[arg(long, value_delimiter = ',', default_value = "256,512,768,1024")]
     pub resolutions: Vec<u32>,
     /// Timed repetitions of each test (after one warm-up).
