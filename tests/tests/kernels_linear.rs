@@ -492,3 +492,101 @@ fn causal_attention_split_over_threads_changes_no_bit() {
         }
     }
 }
+
+#[test]
+fn several_products_in_one_pass_equal_separate_calls() {
+    use glimpse_core::kernels::linear::{Product, linear_vec_many_on};
+    use glimpse_quant::layout::TensorLayout;
+    let cpus = cpu_variants();
+    let mut pools: Vec<ThreadPool> = [2, 3, 7]
+        .into_iter()
+        .map(|t| ThreadPool::new(t).unwrap())
+        .collect();
+    let cols = 96;
+    // Odd row counts (the next product's rows start past padding), a four-row-group
+    // matrix, biases on some.
+    let shapes = [(27usize, false), (64, true), (5, false)];
+    let datas: Vec<Vec<u8>> = shapes
+        .iter()
+        .enumerate()
+        .map(|(j, &(rows, grouped))| {
+            let plain = encode(
+                DType::Q8_0,
+                &values(rows * cols, 50 + j as u64, 0.05),
+                rows,
+                cols,
+            );
+            if grouped {
+                repacked(&plain, rows, cols)
+            } else {
+                plain
+            }
+        })
+        .collect();
+    let ws: Vec<Weights> = shapes
+        .iter()
+        .zip(&datas)
+        .map(|(&(rows, grouped), d)| {
+            let layout = if grouped {
+                TensorLayout::Q8Rows4
+            } else {
+                TensorLayout::RowMajor
+            };
+            Weights::with_layout(DType::Q8_0, layout, rows, cols, d).unwrap()
+        })
+        .collect();
+    let bias_v = [values(27, 60, 0.5), values(5, 61, 0.5)];
+    let biases = [
+        Some(Vector::from_f32(&bias_v[0])),
+        None,
+        Some(Vector::from_f32(&bias_v[1])),
+    ];
+    for n in [1usize, 9, 40] {
+        let x = values(n * cols, 70 + n as u64, 1.0);
+        let want: Vec<Vec<f32>> = ws
+            .iter()
+            .zip(&biases)
+            .map(|(w, b)| {
+                let mut y = vec![0f32; n * w.rows];
+                let mut s = vec![0u8; linear_scratch_bytes(w, n)];
+                linear_vec_on(
+                    Cpu::SCALAR,
+                    &mut Sequential,
+                    w,
+                    b.as_ref(),
+                    &x,
+                    n,
+                    &mut y,
+                    &mut s,
+                )
+                .unwrap();
+                y
+            })
+            .collect();
+        let mut check = |cpu: Cpu, exec: &mut dyn Executor, what: &str| {
+            let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| vec![f32::NAN; n * w.rows]).collect();
+            let mut s = vec![0u8; linear_scratch_bytes(&ws[0], n)];
+            let mut products: Vec<Product> = ws
+                .iter()
+                .zip(&biases)
+                .zip(ys.iter_mut())
+                .map(|((w, b), y)| Product {
+                    w,
+                    bias: b.as_ref(),
+                    y,
+                })
+                .collect();
+            linear_vec_many_on(cpu, exec, &mut products, &x, n, &mut s).unwrap();
+            for (j, (got, want)) in ys.iter().zip(&want).enumerate() {
+                assert_bits(got, want, &format!("product {j} n={n} {what}"));
+            }
+        };
+        for &c in &cpus {
+            check(c, &mut Sequential, &format!("{c:?}"));
+        }
+        for pool in pools.iter_mut() {
+            let t = pool.threads();
+            check(Cpu::active(), pool, &format!("{t} threads"));
+        }
+    }
+}

@@ -2,7 +2,7 @@
 //! (fastvlm.md §4.2).
 
 use crate::error::Error;
-use crate::kernels::linear::{Weights, linear_vec};
+use crate::kernels::linear::{Product, Weights, linear_vec, linear_vec_many};
 use crate::kernels::math::silu_mul;
 
 /// The three projections of one layer's MLP.
@@ -39,8 +39,23 @@ impl Mlp<'_> {
             expected: m * inter,
             got: 0,
         })?;
-        linear_vec(&self.gate, None, x, m, gate, scratch)?;
-        linear_vec(&self.up, None, x, m, up, scratch)?;
+        linear_vec_many(
+            &mut [
+                Product {
+                    w: &self.gate,
+                    bias: None,
+                    y: &mut *gate,
+                },
+                Product {
+                    w: &self.up,
+                    bias: None,
+                    y: &mut *up,
+                },
+            ],
+            x,
+            m,
+            scratch,
+        )?;
         silu_mul(gate, up)?;
         linear_vec(&self.down, None, gate, m, out, scratch)
     }

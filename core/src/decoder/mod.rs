@@ -25,7 +25,9 @@ use crate::arena::{Arena, bound, padded};
 use crate::error::{Dims, Error, TensorName, tensor_name};
 use crate::image::{Image, TensorView};
 use crate::kernels::Vector;
-use crate::kernels::linear::{Q8Activations, Weights, linear_scratch_bytes, linear_vec};
+use crate::kernels::linear::{
+    Product, Q8Activations, Weights, linear_scratch_bytes, linear_vec, linear_vec_many,
+};
 use crate::kernels::math::{add, rmsnorm, rope_cos_sin, rope_rotate_half};
 use crate::kernels::par::with_default_executor;
 
@@ -715,12 +717,33 @@ impl<'a, 'w> DecoderState<'a, 'w> {
             Some([a, b, c]) => [Some(a), Some(b), Some(c)],
             None => [None; 3],
         };
-        linear_vec(&layer.q, bq, xn, m, q, scratch)?;
         {
             let k = self.new_k.get_mut(..m * g.kv_dim()).unwrap_or_default();
             let v = self.new_v.get_mut(..m * g.kv_dim()).unwrap_or_default();
-            linear_vec(&layer.k, bk, xn, m, k, scratch)?;
-            linear_vec(&layer.v, bv, xn, m, v, scratch)?;
+            // q, k and v read the same normalized rows: one pass (one quantization of
+            // them, one wait for the executor's tasks).
+            linear_vec_many(
+                &mut [
+                    Product {
+                        w: &layer.q,
+                        bias: bq,
+                        y: &mut *q,
+                    },
+                    Product {
+                        w: &layer.k,
+                        bias: bk,
+                        y: &mut *k,
+                    },
+                    Product {
+                        w: &layer.v,
+                        bias: bv,
+                        y: &mut *v,
+                    },
+                ],
+                xn,
+                m,
+                scratch,
+            )?;
             for (i, (qi, ki)) in q
                 .chunks_exact_mut(qd)
                 .zip(k.chunks_exact_mut(g.kv_dim()))

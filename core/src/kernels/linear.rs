@@ -33,6 +33,7 @@ use crate::error::{Dims, Error, tensor_name};
 use crate::image::TensorView;
 use crate::kernels::cpu::{Cpu, F32Kernel, Q8Kernel};
 use crate::kernels::gemm::{self, ActLayout};
+use crate::kernels::math::same_len;
 use crate::kernels::par::{SharedMut, for_pieces, task_count, with_default_executor};
 use crate::kernels::{Vector, bf16_to_f32, f16_to_f32};
 
@@ -457,6 +458,127 @@ pub fn linear_vec_on(
     if let Some(b) = bias {
         for yr in y.chunks_exact_mut(rows) {
             b.zip_apply(yr, |a, b| a + b);
+        }
+    }
+    Ok(())
+}
+
+/// One product of a [`linear_vec_many`] call: `y[n×rows] = x·wᵀ + bias`.
+#[derive(Debug)]
+pub struct Product<'p, 'w> {
+    /// The matrix.
+    pub w: &'p Weights<'w>,
+    /// Its bias (`rows` values), if any.
+    pub bias: Option<&'p Vector<'w>>,
+    /// Its output, `n × rows`.
+    pub y: &'p mut [f32],
+}
+
+/// Most products one [`linear_vec_many`] pass takes together (more run one by one).
+pub const MANY_MAX: usize = 4;
+
+/// Several matrices over the same input (a layer's q, k and v; an MLP's gate and up):
+/// for Q8_0 weights with int8 activations and a common width, the input is quantized
+/// once and the rows of all the matrices are split across the executor's tasks in one
+/// dispatch (one wait instead of one per matrix). Otherwise, and for more than
+/// [`MANY_MAX`] products, one [`linear_vec`] each. The same bits either way. `scratch`
+/// as for any one of them ([`linear_scratch_bytes`] of the widest).
+pub fn linear_vec_many(
+    products: &mut [Product<'_, '_>],
+    x: &[f32],
+    n: usize,
+    scratch: &mut [u8],
+) -> Result<(), Error> {
+    with_default_executor(|exec| linear_vec_many_on(Cpu::active(), exec, products, x, n, scratch))
+}
+
+/// [`linear_vec_many`] on `exec` with the kernels `cpu` allows.
+pub fn linear_vec_many_on(
+    cpu: Cpu,
+    exec: &mut dyn Executor,
+    products: &mut [Product<'_, '_>],
+    x: &[f32],
+    n: usize,
+    scratch: &mut [u8],
+) -> Result<(), Error> {
+    let cols = products.first().map_or(0, |p| p.w.cols);
+    let together = products.len() <= MANY_MAX
+        && n > 0
+        && cols > 0
+        && products.iter().all(|p| {
+            p.w.dtype == DType::Q8_0 && p.w.act == Q8Activations::Int8 && p.w.cols == cols
+        });
+    if !together {
+        for p in products.iter_mut() {
+            linear_vec_on(cpu, exec, p.w, p.bias, x, n, p.y, scratch)?;
+        }
+        return Ok(());
+    }
+    // Every check of `linear_vec_on`, for every product, before anything is written.
+    for p in products.iter() {
+        p.w.check()?;
+        same_len("linear input", n.saturating_mul(cols), x.len())?;
+        same_len("linear output", n.saturating_mul(p.w.rows), p.y.len())?;
+        if let Some(b) = p.bias {
+            same_len("linear bias", p.w.rows, b.len())?;
+        }
+        let need = linear_scratch_bytes(p.w, n);
+        if scratch.len() < need {
+            return Err(Error::Length {
+                what: "linear scratch",
+                expected: need,
+                got: scratch.len(),
+            });
+        }
+    }
+    let kernel = cpu.usable().q8_kernel();
+    let nb = cols / QK;
+    let (scales, rest) = scratch_f32(scratch, (n + 1) * nb)?;
+    let (Some(scales), Some(codes)) = (scales.get_mut(..n * nb), rest.get_mut(..n * cols)) else {
+        return Err(Error::Length {
+            what: "linear scratch",
+            expected: n * cols,
+            got: 0,
+        });
+    };
+    let lay = ActLayout::new(kernel, n);
+    gemm::quantize_acts_with(exec, kernel, x, cols, lay, codes, scales);
+    let (codes, scales) = (&*codes, &*scales);
+    // The products' rows laid end to end, each starting on a multiple of 8 so that every
+    // piece of a split starts a product's rows on a multiple of 8 (or at its first row),
+    // as the kernels expect.
+    let count = products.len();
+    let mut starts = [0usize; MANY_MAX + 1];
+    let mut ws: [Option<&Weights>; MANY_MAX] = [None; MANY_MAX];
+    let mut outs: [Option<SharedMut<'_, f32>>; MANY_MAX] = [None, None, None, None];
+    for (j, p) in products.iter_mut().enumerate() {
+        starts[j + 1] = starts[j] + p.w.rows.div_ceil(8) * 8;
+        ws[j] = Some(p.w);
+        outs[j] = Some(SharedMut::new(&mut *p.y));
+    }
+    let total = starts[count];
+    let tasks = task_count(
+        exec,
+        total / 8,
+        n.saturating_mul(total).saturating_mul(cols),
+    );
+    for_pieces(exec, total, tasks, 8, &|range| {
+        for (j, (w, out)) in ws.iter().zip(&outs).enumerate() {
+            let (Some(w), Some(out)) = (w, out) else {
+                continue;
+            };
+            let lo = range.start.max(starts[j]) - starts[j];
+            let hi = range.end.min(starts[j] + w.rows).saturating_sub(starts[j]);
+            if lo < hi {
+                gemm::q8_rows(kernel, w, lay, codes, scales, n, lo..hi, out);
+            }
+        }
+    });
+    for p in products.iter_mut() {
+        if let Some(b) = p.bias {
+            for yr in p.y.chunks_exact_mut(p.w.rows) {
+                b.zip_apply(yr, |a, b| a + b);
+            }
         }
     }
     Ok(())
