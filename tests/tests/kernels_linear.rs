@@ -563,7 +563,7 @@ fn several_products_in_one_pass_equal_separate_calls() {
                 y
             })
             .collect();
-        let mut check = |cpu: Cpu, exec: &mut dyn Executor, what: &str| {
+        let check = |cpu: Cpu, exec: &mut dyn Executor, what: &str| {
             let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| vec![f32::NAN; n * w.rows]).collect();
             let mut s = vec![0u8; linear_scratch_bytes(&ws[0], n)];
             let mut products: Vec<Product> = ws
