@@ -62,6 +62,14 @@ fn cpu_variants() -> Vec<Cpu> {
     v
 }
 
+/// One thread pool per count.
+fn pools(threads: &[usize]) -> Vec<ThreadPool> {
+    threads
+        .iter()
+        .map(|&t| ThreadPool::new(t).unwrap())
+        .collect()
+}
+
 fn run_on(
     cpu: Cpu,
     exec: &mut dyn Executor,
@@ -239,10 +247,7 @@ fn every_fp8_code_decodes_like_the_table() {
 
 #[test]
 fn threads_do_not_change_a_bit() {
-    let mut pools: Vec<ThreadPool> = [1, 2, 3, 7]
-        .into_iter()
-        .map(|t| ThreadPool::new(t).unwrap())
-        .collect();
+    let mut pools = pools(&[1, 2, 3, 7]);
     let (rows, cols) = (203, 320);
     let bias_v = values(rows, 9, 0.5);
     let bias = Vector::from_f32(&bias_v);
@@ -314,10 +319,7 @@ fn the_default_entry_point_uses_the_active_kernels() {
 fn q8_0_with_f32_activations_equals_f32_on_the_dequantized_weights() {
     use glimpse_core::kernels::linear::Q8Activations;
     let cpus = cpu_variants();
-    let mut pools: Vec<ThreadPool> = [2, 3]
-        .into_iter()
-        .map(|t| ThreadPool::new(t).unwrap())
-        .collect();
+    let mut pools = pools(&[2, 3]);
     for &(rows, cols) in &[(5, 64), (27, 96), (64, 160), (203, 320)] {
         let w = values(rows * cols, rows as u64 * 7 + cols as u64, 0.05);
         let data = encode(DType::Q8_0, &w, rows, cols);
@@ -371,10 +373,7 @@ fn four_row_groups_give_the_plain_rows_bits_on_every_kernel_and_thread_count() {
     use glimpse_core::kernels::linear::Q8Activations;
     use glimpse_quant::layout::TensorLayout;
     let cpus = cpu_variants();
-    let mut pools: Vec<ThreadPool> = [2, 3, 7]
-        .into_iter()
-        .map(|t| ThreadPool::new(t).unwrap())
-        .collect();
+    let mut pools = pools(&[2, 3, 7]);
     // rows: one group, a GEMV group and a half, many groups split unevenly over 3 and 7
     // tasks; n: GEMV, under / at / past the packed activation groups.
     for &(rows, cols) in &[(4, 32), (12, 96), (64, 160), (204, 320)] {
@@ -433,10 +432,7 @@ fn causal_attention_split_over_threads_changes_no_bit() {
         kv_heads: 2,
         head_dim: 16,
     };
-    let mut pools: Vec<ThreadPool> = [2, 3, 7]
-        .into_iter()
-        .map(|t| ThreadPool::new(t).unwrap())
-        .collect();
+    let mut pools = pools(&[2, 3, 7]);
     // A first chunk and a later one (p0 > 0), several queries per task and fewer.
     for (p0, m) in [(0usize, 37usize), (20, 5), (3, 2)] {
         let ctx = p0 + m;
@@ -498,10 +494,7 @@ fn several_products_in_one_pass_equal_separate_calls() {
     use glimpse_core::kernels::linear::{Product, linear_vec_many_on};
     use glimpse_quant::layout::TensorLayout;
     let cpus = cpu_variants();
-    let mut pools: Vec<ThreadPool> = [2, 3, 7]
-        .into_iter()
-        .map(|t| ThreadPool::new(t).unwrap())
-        .collect();
+    let mut pools = pools(&[2, 3, 7]);
     let cols = 96;
     // Odd row counts (the next product's rows start past padding), a four-row-group
     // matrix, biases on some.

@@ -1023,6 +1023,24 @@ mod tests {
         out
     }
 
+    /// Every output row of `g` with f32 kernel and bias read in place.
+    fn grouped_f32(g: &Grouped, x: &[f32], w: &[f32], b: &[f32]) -> Vec<f32> {
+        let mut out = vec![0f32; g.out_height() * g.out_width() * g.out_channels()];
+        let mut scratch = vec![0f32; g.scratch_floats()];
+        grouped_conv(
+            g,
+            x,
+            0,
+            Params::from_f32(w),
+            Params::from_f32(b),
+            0..g.out_height(),
+            &mut out,
+            &mut scratch,
+        )
+        .unwrap();
+        out
+    }
+
     fn max_err(a: &[f32], b: &[f32]) -> f32 {
         a.iter()
             .zip(b)
@@ -1055,19 +1073,7 @@ mod tests {
             let wt = values(k * k * co, 2);
             let b = values(co, 3);
             let want = grouped_reference(&g, &x, &wt, &b);
-            let mut got = vec![0f32; want.len()];
-            let mut scratch = vec![0f32; g.scratch_floats()];
-            grouped_conv(
-                &g,
-                &x,
-                0,
-                Params::from_f32(&wt),
-                Params::from_f32(&b),
-                0..g.out_height(),
-                &mut got,
-                &mut scratch,
-            )
-            .unwrap();
+            let got = grouped_f32(&g, &x, &wt, &b);
             // Sums of up to 49 products of values below 1: f32 rounding stays far below 1e-5.
             assert!(
                 max_err(&got, &want) < 1e-5,
@@ -1120,19 +1126,7 @@ mod tests {
                     }
                 }
             }
-            let mut got = vec![0f32; want.len()];
-            let mut scratch = vec![0f32; g.scratch_floats()];
-            grouped_conv(
-                &g,
-                &x,
-                0,
-                Params::from_f32(&wt),
-                Params::from_f32(&b),
-                0..h,
-                &mut got,
-                &mut scratch,
-            )
-            .unwrap();
+            let got = grouped_f32(&g, &x, &wt, &b);
             for (i, (a, e)) in got.iter().zip(&want).enumerate() {
                 assert_eq!(a.to_bits(), e.to_bits(), "{g:?} element {i}: {a} vs {e}");
             }
