@@ -917,6 +917,40 @@ impl Decode16 for DE4M3 {
     }
 }
 
+/// 16 Q8_0 codes at `q` times the f16 scale at `d`, as two vectors of 8 (the
+/// reference's `d·q`, exactly).
+///
+/// # Safety
+///
+/// AVX2 and F16C; two bytes at `d`, sixteen at `q`.
+#[inline(always)]
+unsafe fn q8x16(d: *const u8, q: *const u8) -> (__m256, __m256) {
+    // SAFETY: forwarded preconditions.
+    unsafe {
+        let d = _mm256_set1_ps(f16_at(d));
+        let lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(q.cast())));
+        let hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(q.add(8).cast())));
+        (_mm256_mul_ps(d, lo), _mm256_mul_ps(d, hi))
+    }
+}
+
+/// [`q8x16`] as one 512-bit vector.
+///
+/// # Safety
+///
+/// As [`q8x16`], and AVX-512F.
+#[inline(always)]
+unsafe fn q8x16_512(d: *const u8, q: *const u8) -> __m512 {
+    // SAFETY: forwarded preconditions.
+    unsafe {
+        let d = _mm512_set1_ps(f16_at(d));
+        _mm512_mul_ps(
+            d,
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.cast()))),
+        )
+    }
+}
+
 /// Q8_0 blocks widened to f32 (W8A32): `d·q`, one rounding, as the reference decodes.
 #[derive(Debug)]
 pub struct DQ8;
@@ -926,11 +960,7 @@ impl Decode16 for DQ8 {
         // SAFETY: the row holds block c/2, whose codes are 32 bytes after its scale.
         unsafe {
             let blk = row.add(B34 * (c / 2));
-            let d = _mm256_set1_ps(f16_at(blk));
-            let q = blk.add(2 + 16 * (c % 2));
-            let lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(q.cast())));
-            let hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(q.add(8).cast())));
-            (_mm256_mul_ps(d, lo), _mm256_mul_ps(d, hi))
+            q8x16(blk, blk.add(2 + 16 * (c % 2)))
         }
     }
 
@@ -939,9 +969,7 @@ impl Decode16 for DQ8 {
         // SAFETY: as `load`; AVX-512F is enabled by the caller.
         unsafe {
             let blk = row.add(B34 * (c / 2));
-            let d = _mm512_set1_ps(f16_at(blk));
-            let q = _mm_loadu_si128(blk.add(2 + 16 * (c % 2)).cast());
-            _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)))
+            q8x16_512(blk, blk.add(2 + 16 * (c % 2)))
         }
     }
 }
@@ -973,11 +1001,10 @@ impl Decode16 for DQ8Rows4 {
         // SAFETY: see `record`; the codes and scale lie inside the record.
         unsafe {
             let (rec, slot) = Self::record(row, c);
-            let d = _mm256_set1_ps(f16_at(rec.add(repack::scale_offset(slot))));
-            let q = rec.add(repack::codes_offset(slot) + 16 * (c % 2));
-            let lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(q.cast())));
-            let hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(q.add(8).cast())));
-            (_mm256_mul_ps(d, lo), _mm256_mul_ps(d, hi))
+            q8x16(
+                rec.add(repack::scale_offset(slot)),
+                rec.add(repack::codes_offset(slot) + 16 * (c % 2)),
+            )
         }
     }
 
@@ -986,9 +1013,10 @@ impl Decode16 for DQ8Rows4 {
         // SAFETY: as `load`; AVX-512F is enabled by the caller.
         unsafe {
             let (rec, slot) = Self::record(row, c);
-            let d = _mm512_set1_ps(f16_at(rec.add(repack::scale_offset(slot))));
-            let q = _mm_loadu_si128(rec.add(repack::codes_offset(slot) + 16 * (c % 2)).cast());
-            _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)))
+            q8x16_512(
+                rec.add(repack::scale_offset(slot)),
+                rec.add(repack::codes_offset(slot) + 16 * (c % 2)),
+            )
         }
     }
 }
