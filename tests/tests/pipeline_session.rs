@@ -431,16 +431,11 @@ fn a_text_only_image_runs_from_ids_with_the_decoders_own_results() {
     let dir = glimpse_tests::fixtures_dir().join("decoder");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("q.glim");
-    glimpse_tools::convert::convert(&glimpse_tools::convert::Options {
-        input: dir.join("qwen2_tiny"),
-        output: out.clone(),
-        quant: QuantArg::F32,
-        keep: KeepArg::F32,
-        config: None,
-        tokenizer: None,
-        repack: glimpse_tools::RepackArg::All,
-        progress: false,
-    })
+    glimpse_tools::convert::convert(&glimpse_tools::convert::Options::new(
+        dir.join("qwen2_tiny"),
+        out.clone(),
+        QuantArg::F32,
+    ))
     .unwrap();
     let bytes = glimpse_tests::AlignedBytes::new(&std::fs::read(&out).unwrap());
     let image = Image::parse(bytes.as_slice()).unwrap();

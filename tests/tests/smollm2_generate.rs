@@ -24,9 +24,9 @@ use glimpse_core::decoder::{Decoder, DecoderState};
 use glimpse_core::sampler::{SamplerConfig, StopTokens, argmax};
 use glimpse_core::tokenizer::{Specials, Tokenizer};
 use glimpse_tests::{AlignedBytes, fixtures_dir};
+use glimpse_tools::QuantArg;
 use glimpse_tools::convert::{Options, convert};
 use glimpse_tools::run::{GenerateOptions, generate};
-use glimpse_tools::{KeepArg, QuantArg};
 use serde_json::Value;
 use tokenizer_common::*;
 
@@ -48,16 +48,7 @@ fn converted(quant: QuantArg) -> Option<AlignedBytes> {
     let gguf = asset(smollm2_gguf())?;
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("smollm2.glim");
-    let opts = Options {
-        input: gguf,
-        output: out.clone(),
-        quant,
-        keep: KeepArg::F32,
-        config: None,
-        tokenizer: None,
-        repack: glimpse_tools::RepackArg::All,
-        progress: false,
-    };
+    let opts = Options::new(gguf, out.clone(), quant);
     convert(&opts).unwrap_or_else(|e| panic!("converting: {e:#}"));
     Some(AlignedBytes::new(
         &std::fs::read(&out).expect("reading the image"),

@@ -17,16 +17,7 @@ use vision_common::*;
 const CONFIG: &str = "four_stage_160";
 
 fn convert_to(dir: &Path, out: &Path) {
-    let opts = Options {
-        input: dir.to_path_buf(),
-        output: out.to_path_buf(),
-        quant: QuantArg::F32,
-        keep: KeepArg::F32,
-        config: None,
-        tokenizer: None,
-        repack: glimpse_tools::RepackArg::All,
-        progress: false,
-    };
+    let opts = Options::new(dir.to_path_buf(), out.to_path_buf(), QuantArg::F32);
     convert(&opts).unwrap();
 }
 

@@ -17,10 +17,10 @@ use glimpse_core::planner::{ArenaPlan, DEFAULT_MAX_FRAME_SIDE, PlanOptions};
 use glimpse_core::preprocess::Frame;
 use glimpse_core::session::{Report, Session, SessionOptions};
 
+use crate::QuantArg;
 use crate::convert::{Options, convert};
 use crate::plan::KvArg;
 use crate::run::{CollectSink, HostClock, Picture, arena_for, describe, load_picture};
-use crate::{KeepArg, QuantArg, RepackArg};
 
 /// The question the tiny model was trained on (tests/scripts/tiny_fastvlm/common.py).
 pub const QUESTION: &str = "Describe the image.";
@@ -163,16 +163,7 @@ pub fn convert_if_stale(model: &Path, out: &Path, quant: QuantArg) -> Result<boo
     if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    convert(&Options {
-        input: model.to_path_buf(),
-        output: out.to_path_buf(),
-        quant,
-        keep: KeepArg::F32,
-        config: None,
-        tokenizer: None,
-        repack: RepackArg::All,
-        progress: false,
-    })?;
+    convert(&Options::new(model.to_path_buf(), out.to_path_buf(), quant))?;
     Ok(true)
 }
 

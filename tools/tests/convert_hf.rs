@@ -1423,8 +1423,8 @@ fn full_size_random_fastvlm() {
 #[test]
 fn fastvlm_gets_the_qwen2_system_prompt_when_the_template_has_none() {
     use glimpse_quant::layout::ChatTemplate;
+    use glimpse_tools::QuantArg;
     use glimpse_tools::convert::{Options, convert};
-    use glimpse_tools::{KeepArg, QuantArg};
 
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/pipeline");
     let qwen3 = "{%- if messages[0].role == 'system' %}{{- '<|im_start|>system\\n' + \
@@ -1442,17 +1442,7 @@ fn fastvlm_gets_the_qwen2_system_prompt_when_the_template_has_none() {
         let config = json!({ "chat_template": template, "eos_token": "<|im_end|>" });
         std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
         let out = dir.path().join("m.glim");
-        let report = convert(&Options {
-            input: dir.path().to_path_buf(),
-            output: out,
-            quant: QuantArg::F32,
-            keep: KeepArg::F32,
-            config: None,
-            tokenizer: None,
-            repack: glimpse_tools::RepackArg::All,
-            progress: false,
-        })
-        .unwrap();
+        let report = convert(&Options::new(dir.path().to_path_buf(), out, QuantArg::F32)).unwrap();
         let chat = &report.config.tokenizer.as_ref().unwrap().chat;
         match chat {
             ChatTemplate::ImStart { default_system } => {

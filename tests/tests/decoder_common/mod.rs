@@ -9,23 +9,14 @@ use glimpse_core::Image;
 use glimpse_core::arena::Arena;
 use glimpse_core::decoder::{Decoder, DecoderState};
 use glimpse_tests::AlignedBytes;
+use glimpse_tools::QuantArg;
 use glimpse_tools::convert::{Options, convert};
-use glimpse_tools::{KeepArg, QuantArg};
 
 /// Convert `input` (HF directory or GGUF) with `quant`, returning the image bytes.
 pub fn convert_to_bytes(input: &Path, quant: QuantArg) -> AlignedBytes {
     let dir = tempfile::tempdir().expect("tempdir");
     let output = dir.path().join("model.glim");
-    let opts = Options {
-        input: input.to_path_buf(),
-        output: output.clone(),
-        quant,
-        keep: KeepArg::F32,
-        config: None,
-        tokenizer: None,
-        repack: glimpse_tools::RepackArg::All,
-        progress: false,
-    };
+    let opts = Options::new(input.to_path_buf(), output.clone(), quant);
     convert(&opts).unwrap_or_else(|e| panic!("converting {}: {e:#}", input.display()));
     AlignedBytes::new(&std::fs::read(&output).expect("reading the image"))
 }

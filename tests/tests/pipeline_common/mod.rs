@@ -41,14 +41,8 @@ pub fn converted(quant: QuantArg, keep: KeepArg) -> AlignedBytes {
     let tmp = tempfile::tempdir().expect("tempdir");
     let output = tmp.path().join("pipeline.glim");
     let opts = Options {
-        input: fixture_dir(),
-        output: output.clone(),
-        quant,
         keep,
-        config: None,
-        tokenizer: None,
-        repack: glimpse_tools::RepackArg::All,
-        progress: false,
+        ..Options::new(fixture_dir(), output.clone(), quant)
     };
     convert(&opts).unwrap_or_else(|e| panic!("converting the pipeline fixture: {e:#}"));
     AlignedBytes::new(&std::fs::read(&output).expect("reading the image"))

@@ -32,14 +32,8 @@ pub fn convert_fixture(dir: &Path, quant: QuantArg, keep: KeepArg) -> AlignedByt
     let tmp = tempfile::tempdir().expect("tempdir");
     let output = tmp.path().join("model.glim");
     let opts = Options {
-        input: dir.to_path_buf(),
-        output: output.clone(),
-        quant,
         keep,
-        config: None,
-        tokenizer: None,
-        repack: glimpse_tools::RepackArg::All,
-        progress: false,
+        ..Options::new(dir.to_path_buf(), output.clone(), quant)
     };
     convert(&opts).unwrap_or_else(|e| panic!("converting {}: {e:#}", dir.display()));
     AlignedBytes::new(&std::fs::read(&output).expect("reading the image"))

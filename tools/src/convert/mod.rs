@@ -91,6 +91,24 @@ pub struct Options {
     pub progress: bool,
 }
 
+impl Options {
+    /// What the CLI does without flags besides `--quant`: kept tensors in f32, config and
+    /// tokenizer found beside the input, Q8_0 matrices in four-row groups, no progress bar
+    /// (set fields after, e.g. `Options { keep, ..Options::new(i, o, q) }`).
+    pub fn new(input: impl Into<PathBuf>, output: impl Into<PathBuf>, quant: QuantArg) -> Self {
+        Options {
+            input: input.into(),
+            output: output.into(),
+            quant,
+            keep: KeepArg::F32,
+            config: None,
+            tokenizer: None,
+            repack: RepackArg::All,
+            progress: false,
+        }
+    }
+}
+
 impl From<&ConvertArgs> for Options {
     fn from(a: &ConvertArgs) -> Self {
         Options {
