@@ -5,6 +5,9 @@
 # fails instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The bare-metal ports build for these targets; rustup adds none by itself (the sim
+# builder also adds a missing one, this just does it once, up front, with a clear log).
+rustup target add thumbv8m.main-none-eabihf aarch64-unknown-none
 bash tests/scripts/fetch_assets.sh
 # The bare-metal ports run in QEMU (qemu-system-arm/-aarch64 from bookworm-backports).
 bash tests/scripts/install_qemu.sh

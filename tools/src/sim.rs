@@ -278,6 +278,7 @@ pub fn build_firmware(port: Port) -> Result<PathBuf> {
         );
     }
     let target_dir = firmware_target_dir().join(port.name());
+    ensure_target(port.target(), manifest.parent().unwrap_or(Path::new(".")))?;
     let mut cmd = Command::new("cargo");
     // The firmware's .cargo/config.toml sets its target and linker flags; variables an
     // outer cargo (or CI) exports would override them, so none reach the nested build.
@@ -317,6 +318,39 @@ pub fn build_firmware(port: Port) -> Result<PathBuf> {
         bail!("the firmware build produced no {}", elf.display());
     }
     Ok(elf)
+}
+
+/// Add the rustup target `target` to the toolchain that builds in `dir` when it is
+/// missing: rustup installs no target by itself, and a newcomer's first `glimpse sim` (or
+/// `./tests/run.sh`) should not fail on that. Without rustup the build says what is wrong.
+fn ensure_target(target: &str, dir: &Path) -> Result<()> {
+    let listed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output();
+    let Ok(listed) = listed else {
+        return Ok(()); // no rustup: the toolchain is someone else's to manage
+    };
+    if !listed.status.success()
+        || String::from_utf8_lossy(&listed.stdout)
+            .lines()
+            .any(|l| l.trim() == target)
+    {
+        return Ok(());
+    }
+    eprintln!("glimpse: adding the rustup target {target} for the firmware build");
+    let status = Command::new("rustup")
+        .args(["target", "add", target])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .status()
+        .context("running rustup target add")?;
+    if !status.success() {
+        bail!("`rustup target add {target}` failed ({status})");
+    }
+    Ok(())
 }
 
 /// Whether `program` is on PATH.
