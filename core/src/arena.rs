@@ -122,6 +122,37 @@ impl<'a> Arena<'a> {
         Ok(out)
     }
 
+    /// `bytes` bytes starting on an [`ALIGN`] boundary, as they are: for state its owner
+    /// keeps in place from one use of the arena to the next (a session's KV cache) and
+    /// never reads before writing. Everything else takes [`Arena::bytes`].
+    pub fn kept_bytes(&mut self, bytes: usize) -> Result<&'a mut [u8], Error> {
+        let size = padded(bytes);
+        self.check(size)?;
+        let pad = self.head_padding();
+        let free = core::mem::take(&mut self.free);
+        let Some((_, rest)) = free.split_at_mut_checked(pad) else {
+            return Err(self.too_small(pad + size));
+        };
+        let Some((block, rest)) = rest.split_at_mut_checked(size) else {
+            return Err(self.too_small(pad + size));
+        };
+        self.free = rest;
+        self.used += pad + size;
+        self.peak = self.peak.max(self.used);
+        let (out, _) = block.split_at_mut(bytes.min(block.len()));
+        Ok(out)
+    }
+
+    /// [`Arena::kept_bytes`] as `len` values of `T`.
+    pub fn kept<T: bytemuck::Pod>(&mut self, len: usize) -> Result<&'a mut [T], Error> {
+        let bytes = len.saturating_mul(core::mem::size_of::<T>());
+        let raw = self.kept_bytes(bytes)?;
+        bytemuck::try_cast_slice_mut(raw).map_err(|_| Error::Arena {
+            needed: bytes,
+            capacity: self.capacity,
+        })
+    }
+
     fn too_small(&self, need: usize) -> Error {
         Error::Arena {
             needed: self.used.saturating_add(need),

@@ -1,5 +1,6 @@
-//! Chat templating: renders a single-turn prompt in the `<|im_start|>` format (Qwen2 and
-//! FastVLM's `qwen_2` template, SmolLM2's template) into a caller buffer.
+//! Chat templating: renders a conversation's first turn, and each follow-up turn, in the
+//! `<|im_start|>` format (Qwen2 and FastVLM's `qwen_2` template, SmolLM2's template) into
+//! a caller buffer.
 //!
 //! ```text
 //! <|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n
@@ -103,6 +104,53 @@ pub fn render<'o>(
     })
 }
 
+/// Render the next user turn of a conversation whose transcript so far ends with the
+/// model's answer, ending with the assistant header again. `close_answer` adds the
+/// end-of-turn marker the answer lacks (generation stopped on the token budget, not on
+/// `<|im_end|>`). The result is exactly what [`render`] plus this turn would give for the
+/// whole transcript, so a kept conversation and a fresh one see the same ids.
+pub fn render_follow_up<'o>(
+    template: &ChatTemplate,
+    user: &str,
+    close_answer: bool,
+    out: &'o mut [u8],
+) -> Result<&'o str, Error> {
+    let cap = out.len();
+    let mut w = Writer {
+        out,
+        len: 0,
+        needed: 0,
+    };
+    match template {
+        ChatTemplate::None => w.put(user),
+        ChatTemplate::ImStart { .. } => {
+            if close_answer {
+                w.put(IM_END);
+            }
+            w.put("\n<|im_start|>user\n");
+            w.put(user);
+            w.put("<|im_end|>\n<|im_start|>assistant\n");
+        }
+    }
+    if w.needed > cap {
+        return Err(Error::Length {
+            what: "chat prompt buffer",
+            expected: w.needed,
+            got: cap,
+        });
+    }
+    let len = w.len;
+    let bytes = w.out.get(..len).unwrap_or(&[]);
+    core::str::from_utf8(bytes).map_err(|_| Error::Length {
+        what: "chat prompt buffer",
+        expected: w.needed,
+        got: cap,
+    })
+}
+
+/// The end-of-turn marker of the `<|im_start|>` templates.
+pub const IM_END: &str = "<|im_end|>";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,6 +173,39 @@ mod tests {
         };
         let s = render(&im_start("You are a helpful assistant."), &turn, &mut buf).unwrap();
         assert_eq!(s, expected);
+    }
+
+    #[test]
+    fn follow_up_turns_continue_the_transcript() {
+        let tpl = im_start("S");
+        let mut buf = [0u8; 256];
+        let first = render(
+            &tpl,
+            &Turn {
+                user: "Q1",
+                ..Turn::default()
+            },
+            &mut buf,
+        )
+        .unwrap();
+        let first = std::string::String::from(first);
+        let mut buf2 = [0u8; 256];
+        let next = render_follow_up(&tpl, "Q2", false, &mut buf2).unwrap();
+        // HF's template over [system, user, assistant, user] with the generation prompt.
+        assert_eq!(
+            std::format!("{first}A1<|im_end|>{next}"),
+            "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\nA1<|im_end|>\n<|im_start|>user\nQ2<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let closed = render_follow_up(&tpl, "Q2", true, &mut buf2).unwrap();
+        assert!(closed.starts_with("<|im_end|>\n<|im_start|>user\nQ2"));
+        assert_eq!(
+            render_follow_up(&ChatTemplate::None, "more", true, &mut buf2).unwrap(),
+            "more"
+        );
+        assert!(matches!(
+            render_follow_up(&tpl, "Q2", false, &mut [0u8; 8]),
+            Err(Error::Length { .. })
+        ));
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod preprocess;
 pub mod projector;
 pub mod sampler;
 pub mod session;
+pub mod stream;
 #[cfg(test)]
 mod test_util;
 pub mod tokenizer;

@@ -247,36 +247,43 @@ pub fn split_disjoint<'a, const N: usize>(
 // The FastVLM run
 // ---------------------------------------------------------------------------------------
 
-/// The steps of one run, in order. A buffer is live over a range of them.
+/// The steps of one run. A buffer is live over a range of them.
+///
+/// The order is the planner's, not the clock's: a call tokenizes first (so a prompt too
+/// long for the context is refused before any work), but [`Phase::Tokenize`] is planned
+/// between the vision phases and [`Phase::Decode`], so the KV cache, live in both, shares
+/// no byte with the tokenizer's scratch and a conversation's next turn can be tokenized
+/// without touching the cache. Running tokenize before the vision phases is still safe:
+/// its scratch is dead once the ids are written, and the ids buffer is live in every phase.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[repr(u8)]
 pub enum Phase {
-    /// Render the chat template and tokenize the prompt.
-    Tokenize = 0,
     /// Frame to planar pixels (pad, resize, scale).
-    Preprocess = 1,
+    Preprocess = 0,
     /// The vision stem (reads the pixels, writes the first activation buffer).
-    Stem = 2,
+    Stem = 1,
     /// The vision stages (both activation buffers).
-    Stages = 3,
+    Stages = 2,
     /// `conv_exp` into the features buffer.
-    Head = 4,
+    Head = 3,
     /// The projector into the image embeddings.
-    Project = 5,
+    Project = 4,
+    /// Render the chat template and tokenize the prompt (first in time; see above).
+    Tokenize = 5,
     /// Prefill (text ids and image embeddings) and decode.
     Decode = 6,
 }
 
 impl Phase {
-    /// Every phase, in order.
+    /// Every phase, in the planner's order.
     pub const ALL: [Phase; 7] = [
-        Phase::Tokenize,
         Phase::Preprocess,
         Phase::Stem,
         Phase::Stages,
         Phase::Head,
         Phase::Project,
+        Phase::Tokenize,
         Phase::Decode,
     ];
 
@@ -327,8 +334,10 @@ pub enum Buf {
     ProjectorWork,
     /// Projected image embeddings, `tokens x hidden` f32.
     Embeddings,
-    /// The decoder state: KV cache, activations, logits.
-    Decoder,
+    /// The KV cache: what a session keeps between calls.
+    KvCache,
+    /// The decoder's work buffers: activations, scores, logits, linear scratch.
+    DecoderWork,
     /// Sampler candidate list (u32 per vocabulary entry; none when greedy).
     SamplerScratch,
     /// Text of one generated token on its way to the sink.
@@ -336,7 +345,7 @@ pub enum Buf {
 }
 
 /// Number of [`Buf`] kinds.
-const BUF_KINDS: usize = 17;
+const BUF_KINDS: usize = 18;
 
 impl Buf {
     /// Every buffer, in declaration order.
@@ -355,7 +364,8 @@ impl Buf {
         Buf::Features,
         Buf::ProjectorWork,
         Buf::Embeddings,
-        Buf::Decoder,
+        Buf::KvCache,
+        Buf::DecoderWork,
         Buf::SamplerScratch,
         Buf::TokenText,
     ];
@@ -377,7 +387,8 @@ impl Buf {
             Buf::Features => "features",
             Buf::ProjectorWork => "projector.work",
             Buf::Embeddings => "embeddings",
-            Buf::Decoder => "decoder",
+            Buf::KvCache => "kv.cache",
+            Buf::DecoderWork => "decoder.work",
             Buf::SamplerScratch => "sampler.scratch",
             Buf::TokenText => "token.text",
         }
@@ -418,6 +429,11 @@ pub struct PlanOptions {
     pub sampling: bool,
     /// Whether to plan the vision phases at all (`false` plans a text-only run of a VLM).
     pub vision: bool,
+    /// Whether the KV cache keeps its bytes through the vision phases, so a new picture
+    /// keeps the prompt prefix before it (a frame stream prefills its prefix once). Off,
+    /// the cache shares bytes with the vision buffers (a smaller arena) and a new picture
+    /// prefills its prompt from the start; follow-up turns keep the cache either way.
+    pub kv_across_pictures: bool,
 }
 
 impl Default for PlanOptions {
@@ -431,6 +447,7 @@ impl Default for PlanOptions {
             max_prompt_bytes: DEFAULT_MAX_PROMPT_BYTES,
             sampling: false,
             vision: true,
+            kv_across_pictures: false,
         }
     }
 }
@@ -532,11 +549,12 @@ impl ArenaPlan {
             token_text = longest.saturating_add(3).saturating_mul(3);
         }
         // Prompt plus generated ids never exceed the context by more than the last
-        // sampled token, which is not fed back.
+        // sampled token, which is not fed back. Live in every phase: a conversation's
+        // history.
         add(
             Buf::Ids,
             elems(opts.max_context.saturating_add(1), 4),
-            Phase::Tokenize,
+            Phase::Preprocess,
             Phase::Decode,
         );
 
@@ -603,8 +621,17 @@ impl ArenaPlan {
             opts.resolution = None;
         }
 
-        let state = DecoderState::padded_bytes(dcfg, opts.max_context, chunk, opts.kv)?;
-        add(Buf::Decoder, state, Phase::Decode, Phase::Decode);
+        // The cache outlives a call: through tokenizing the next turn always, through the
+        // vision phases when asked (see [`Phase`]).
+        let kv = DecoderState::kv_padded_bytes(dcfg, opts.max_context, opts.kv)?;
+        let kv_first = if opts.kv_across_pictures {
+            Phase::Preprocess
+        } else {
+            Phase::Tokenize
+        };
+        add(Buf::KvCache, kv, kv_first, Phase::Decode);
+        let work = DecoderState::work_padded_bytes(dcfg, opts.max_context, chunk)?;
+        add(Buf::DecoderWork, work, Phase::Decode, Phase::Decode);
         if opts.sampling {
             add(
                 Buf::SamplerScratch,

@@ -1,46 +1,60 @@
-//! The Session API: one weights image, one planned arena and a clock; [`Session::ask`]
-//! turns a camera frame and a question into tokens streamed to a sink, timing each step.
+//! The Session API: one weights image, one planned arena, a clock and the conversation
+//! so far. [`Session::run`] is the one call every caller makes (the CLI, the demo, the
+//! firmwares, the tests): it adds a prompt (a chat turn, raw text or ids), optionally
+//! with a picture, and streams the answer's tokens to a sink, timing each step.
 //!
 //! ```text
-//! ask(frame, prompt)
-//!   tokenize   chat template with `<image>`, split there, BPE each side   (ids)
+//! run(prompt, picture, sink)
+//!   tokenize   chat template (first turn or follow-up), BPE around `<image>` (ids)
 //!   preprocess frame -> 3 x R x R pixels                                   (pixels)
 //!   encode     stem -> stages -> conv_exp                                  (features)
 //!   project    mlp2x_gelu                                                  (embeddings)
-//!   prefill    text ids | image embeddings | text ids, chunk by chunk      (KV cache)
+//!   prefill    only the ids the KV cache does not hold yet, chunk by chunk (KV cache)
 //!   decode     sample, stream to the sink, feed back, until a stop token
 //! ```
+//!
+//! What a session keeps: the ids of the conversation (in the ids buffer) and the KV cache
+//! of every position fed so far. A call without a picture continues the conversation:
+//! only its new ids (and the last answer's final token, sampled but not yet fed) are
+//! prefilled. A call with a picture starts a new conversation about it, but keeps the
+//! cached positions of the prompt before the picture when they are the same ids (a frame
+//! stream prefills its system prompt and template head once) and the plan keeps the
+//! cache through the vision phases ([`PlanOptions::kv_across_pictures`]). [`Session::reset`]
+//! forgets everything. Kept state is exact: chunked prefill and single-token decode do
+//! the same arithmetic per position, so a kept answer equals, to the bit, the answer of a
+//! fresh session fed the same ids.
 //!
 //! Every buffer is a region of the [`ArenaPlan`] made when the session is created, handed
 //! out per phase as disjoint slices ([`ArenaPlan::regions`]), so a run can touch no byte
 //! outside the plan, and an arena too small for the plan is refused by [`Session::new`]
-//! before anything runs. Each call checks its inputs (frame, prompt length, ids, context)
-//! before the first step; the session keeps no state between calls besides its options,
-//! so an error leaves nothing to repair.
+//! before anything runs. Each call checks its inputs (picture, prompt length, ids,
+//! context) before the first step, so a refused call leaves the conversation as it was.
+//! A call that fails later (a sink error, say) leaves the conversation at what the KV
+//! cache holds.
 //!
-//! Image splicing follows the two conventions of spec section 5: [`Session::ask`] splits
-//! the rendered prompt at `<image>` and inserts every image embedding there (Apple's
-//! `-200` sentinel); the id-level calls ([`Session::generate_ids`], [`Session::logits`])
-//! take the config's image-token id either once (expanded the same way) or once per image
-//! token (overwritten in order, as transformers' `FastVlm` does).
+//! Image splicing follows the two conventions of spec section 5: a chat prompt splits the
+//! rendered text at `<image>` and inserts every image embedding there (Apple's `-200`
+//! sentinel, [`IMAGE_SENTINEL`] here); an ids prompt takes the config's image-token id
+//! either once (expanded the same way) or once per image token (overwritten in order, as
+//! transformers' `FastVlm` does).
 
 use glimpse_hal::{Error as _, ErrorType, MonotonicClock, TokenSink};
 
 use crate::arena::{ALIGN, Arena};
-use crate::chat::{IMAGE_PLACEHOLDER, Turn, render};
-use crate::decoder::{Decoder, DecoderState, Input, Logits};
+use crate::chat::{IM_END, IMAGE_PLACEHOLDER, Turn, render, render_follow_up};
+use crate::decoder::{DEFAULT_CHUNK, Decoder, DecoderState, Input, KvFormat, Logits};
 use crate::error::Error;
 use crate::image::Image;
 use crate::kernels::linear::Q8Activations;
-use crate::planner::{ArenaPlan, Buf, PlanOptions};
+use crate::planner::{ArenaPlan, Buf, DEFAULT_CONTEXT, DEFAULT_MAX_FRAME_SIDE, PlanOptions};
 use crate::preprocess::{Frame, check_frame, preprocess};
 use crate::projector::Projector;
 use crate::sampler::{Sampler, SamplerConfig, StopTokens};
 use crate::tokenizer::{Specials, Tokenizer, TokenizerError, Utf8Stream, Workspace};
 use crate::vision::VisionEncoder;
 
-/// The id [`Session::ask`] puts where the image goes (Apple's `IMAGE_TOKEN_INDEX`, -200,
-/// as an id no vocabulary has). It shows up in [`Session::history`].
+/// The id a chat prompt puts where the image goes (Apple's `IMAGE_TOKEN_INDEX`, -200, as
+/// an id no vocabulary has). It shows up in [`Session::history`].
 pub const IMAGE_SENTINEL: u32 = u32::MAX;
 
 /// How a session runs.
@@ -71,7 +85,74 @@ impl Default for SessionOptions {
     }
 }
 
-/// A picture for the id-level calls: a camera frame, or pixels already preprocessed.
+impl SessionOptions {
+    /// The options every caller starts from for `image` (the CLI's defaults, which the
+    /// firmwares use too, so host and device plan and compute the same): native
+    /// resolution, a context of the model's maximum capped at [`DEFAULT_CONTEXT`], f16
+    /// KV, the default prefill chunk, greedy sampling, prompts (user text plus any system
+    /// text) up to `prompt_bytes`, and frames up to `frame_side` pixels on their longer
+    /// side (`None`: a text-only run, no vision phases planned).
+    pub fn for_model(image: &Image<'_>, frame_side: Option<usize>, prompt_bytes: usize) -> Self {
+        let max_context = image
+            .config()
+            .decoder
+            .as_ref()
+            .map_or(DEFAULT_CONTEXT, |d| {
+                DEFAULT_CONTEXT.min(d.max_positions.max(1) as usize)
+            });
+        SessionOptions {
+            plan: PlanOptions {
+                resolution: None,
+                max_context,
+                kv: KvFormat::F16,
+                chunk: DEFAULT_CHUNK,
+                max_frame_side: frame_side.unwrap_or(DEFAULT_MAX_FRAME_SIDE).max(1),
+                max_prompt_bytes: prompt_bytes.max(1),
+                sampling: false,
+                vision: frame_side.is_some(),
+                kv_across_pictures: false,
+            },
+            ..SessionOptions::default()
+        }
+    }
+
+    /// The same options with `sampler` (and the sampler scratch planned when it samples).
+    pub fn with_sampler(mut self, sampler: SamplerConfig) -> Self {
+        self.plan.sampling = !sampler.is_greedy();
+        self.sampler = sampler;
+        self
+    }
+}
+
+/// What a call adds to the conversation.
+#[derive(Clone, Copy, Debug)]
+pub enum Prompt<'p> {
+    /// A user turn through the model's chat template. The first turn of a conversation
+    /// renders the system turn (`system`, or the template's default when `None`) and the
+    /// picture's placeholder; a follow-up turn continues the transcript and ignores
+    /// `system`.
+    Chat {
+        /// System text for a first turn (`None`: the template's default).
+        system: Option<&'p str>,
+        /// The user's message.
+        user: &'p str,
+    },
+    /// Text tokenized as it is, with control-token spellings kept as text (BOS first when
+    /// the tokenizer adds one and the conversation is empty). No picture can be placed.
+    Text(&'p str),
+    /// Token ids as they are. With a picture, the config's image-token id marks it, once
+    /// or once per image token.
+    Ids(&'p [u32]),
+}
+
+impl<'p> Prompt<'p> {
+    /// A chat turn with the template's default system text.
+    pub fn chat(user: &'p str) -> Self {
+        Prompt::Chat { system: None, user }
+    }
+}
+
+/// A picture: a camera frame, or pixels already preprocessed.
 #[derive(Clone, Copy, Debug)]
 pub enum ImageInput<'f> {
     /// RGB888 or RGB565, any size up to the plan's `max_frame_side`.
@@ -102,7 +183,7 @@ pub struct Timings {
     pub encoder_us: u64,
     /// Projector.
     pub projector_us: u64,
-    /// Prefill of the whole prompt (text and image positions).
+    /// Prefill of the positions this call added (text and image).
     pub prefill_us: u64,
     /// Call start to the first sampled token.
     pub ttft_us: u64,
@@ -114,11 +195,15 @@ pub struct Timings {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Report {
-    /// Prompt ids (an image counts once in the `ask` form, once per token otherwise).
+    /// Ids the call's prompt added (an image counts once in the chat form, once per token
+    /// when the ids say so); [`Session::prompt_ids`] lists them.
     pub prompt_ids: usize,
-    /// Positions prefilled: text ids plus image tokens.
+    /// Positions this call prefilled: its prompt (image tokens included), plus the last
+    /// answer's final token when the call continues a conversation.
     pub prompt_positions: usize,
-    /// Image tokens spliced in (0 for a text-only run).
+    /// Positions already in the KV cache that the call kept (0 for a fresh start).
+    pub reused_positions: usize,
+    /// Image tokens spliced in by this call (0 without a picture).
     pub image_tokens: usize,
     /// Tokens generated, the stop token included.
     pub generated: usize,
@@ -139,6 +224,25 @@ struct Splice {
     expand: bool,
 }
 
+/// What a session keeps between calls: indices into the ids buffer and the number of
+/// positions the KV cache holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Conversation {
+    /// Ids of the conversation in the ids buffer (prompts and answers).
+    ids: usize,
+    /// Leading ids whose positions are in the KV cache (an answer's last id is sampled
+    /// but not fed until the next call).
+    fed: usize,
+    /// Positions the KV cache holds (the fed ids, an expanded image counted in full).
+    positions: usize,
+    /// First id of the picture and how it is spliced, when the conversation has one.
+    image: Option<(usize, Splice)>,
+    /// The last call's prompt ids: start and count.
+    prompt: (usize, usize),
+    /// The last call's generated ids: start and count.
+    answer: (usize, usize),
+}
+
 /// A sink for calls that generate nothing.
 struct NoSink;
 
@@ -152,8 +256,8 @@ impl TokenSink for NoSink {
     }
 }
 
-/// A FastVLM (or text-only) model, an arena planned for it and a clock. See the module
-/// docs.
+/// A FastVLM (or text-only) model, an arena planned for it, a clock and the conversation
+/// so far. See the module docs.
 pub struct Session<'a, 'w, C> {
     image: &'w Image<'w>,
     /// The aligned part of the caller's arena, exactly [`ArenaPlan::total`] bytes.
@@ -165,8 +269,7 @@ pub struct Session<'a, 'w, C> {
     decoder: Decoder<'w>,
     vision: Option<(VisionEncoder<'w>, Projector<'w>)>,
     tokenizer: Option<Tokenizer<'w>>,
-    /// Ids in the ids buffer after the last call.
-    history: usize,
+    conv: Conversation,
 }
 
 impl<C> core::fmt::Debug for Session<'_, '_, C> {
@@ -175,6 +278,7 @@ impl<C> core::fmt::Debug for Session<'_, '_, C> {
             .field("model", &self.image.config().name)
             .field("plan", &self.plan)
             .field("options", &self.options)
+            .field("conversation", &self.conv)
             .finish_non_exhaustive()
     }
 }
@@ -252,7 +356,7 @@ impl<'a, 'w, C: MonotonicClock> Session<'a, 'w, C> {
             decoder,
             vision,
             tokenizer,
-            history: 0,
+            conv: Conversation::default(),
         })
     }
 
@@ -266,13 +370,10 @@ impl<'a, 'w, C: MonotonicClock> Session<'a, 'w, C> {
         &self.options
     }
 
-    /// The ids buffer after the last call: the prompt ids (with [`IMAGE_SENTINEL`] or the
-    /// image-token ids where the image went) followed by the generated ids.
-    pub fn history(&self) -> &[u32] {
-        let r = self.plan.range(Buf::Ids);
-        let bytes = self.arena.get(r).unwrap_or(&[]);
-        let ids: &[u32] = bytemuck::try_cast_slice(bytes).unwrap_or(&[]);
-        ids.get(..self.history).unwrap_or(ids)
+    /// The most tokens one call generates, changeable between calls (the plan does not
+    /// depend on it).
+    pub fn set_max_new_tokens(&mut self, n: usize) {
+        self.options.max_new_tokens = n;
     }
 
     /// The clock, e.g. to read it between calls.
@@ -280,231 +381,311 @@ impl<'a, 'w, C: MonotonicClock> Session<'a, 'w, C> {
         &mut self.clock
     }
 
-    /// Ask about `frame` (or, without one or for a text-only model, just answer `prompt`)
-    /// with the model's chat template and default system prompt; tokens stream to `sink`.
-    pub fn ask<S: TokenSink>(
-        &mut self,
-        frame: Option<Frame<'_>>,
-        prompt: &str,
-        sink: &mut S,
-    ) -> Result<Report, Error> {
-        self.ask_turn(frame, None, prompt, sink)
+    /// Forget the conversation: the next call starts from an empty KV cache.
+    pub fn reset(&mut self) {
+        self.conv = Conversation::default();
     }
 
-    /// [`Session::ask`] with a system prompt (`None` is the template's default).
-    pub fn ask_turn<S: TokenSink>(
+    /// Positions the KV cache holds for the conversation.
+    pub fn cached_positions(&self) -> usize {
+        self.conv.positions
+    }
+
+    /// Positions of the context not used yet (the next call's prompt and answer share
+    /// them; the last answer's final token takes one).
+    pub fn remaining_positions(&self) -> usize {
+        let pending = self.conv.ids.saturating_sub(self.conv.fed);
+        self.plan
+            .options
+            .max_context
+            .saturating_sub(self.conv.positions.saturating_add(pending))
+    }
+
+    fn ids(&self) -> &[u32] {
+        let r = self.plan.range(Buf::Ids);
+        let bytes = self.arena.get(r).unwrap_or(&[]);
+        bytemuck::try_cast_slice(bytes).unwrap_or(&[])
+    }
+
+    fn ids_at(&self, (start, len): (usize, usize)) -> &[u32] {
+        self.ids()
+            .get(start..start.saturating_add(len))
+            .unwrap_or(&[])
+    }
+
+    /// The conversation's ids: every prompt (with [`IMAGE_SENTINEL`] or the image-token
+    /// ids where the picture went) and every answer, in order.
+    pub fn history(&self) -> &[u32] {
+        self.ids_at((0, self.conv.ids))
+    }
+
+    /// The last call's prompt ids.
+    pub fn prompt_ids(&self) -> &[u32] {
+        self.ids_at(self.conv.prompt)
+    }
+
+    /// The last call's generated ids, the stop token included when one ended it.
+    pub fn generated(&self) -> &[u32] {
+        self.ids_at(self.conv.answer)
+    }
+
+    /// The last call's generated ids, outliving the session (a firmware reports them
+    /// after the session, and its borrow of the arena, are gone).
+    pub fn into_generated(self) -> &'a [u32] {
+        let (start, len) = self.conv.answer;
+        let arena: &'a [u8] = self.arena;
+        let ids: &'a [u32] = arena
+            .get(self.plan.range(Buf::Ids))
+            .and_then(|b| bytemuck::try_cast_slice(b).ok())
+            .unwrap_or(&[]);
+        ids.get(start..start.saturating_add(len)).unwrap_or(&[])
+    }
+
+    /// Add `prompt` (with `picture`, which starts a new conversation about it) and stream
+    /// the answer to `sink`; see the module docs for what is kept. Refused before any
+    /// work, leaving the conversation as it was: a picture when the plan has no vision
+    /// encoder or one that does not fit it, an empty or too long prompt, ids out of the
+    /// vocabulary, and a turn that would overflow the context ([`Error::ContextOverflow`]).
+    pub fn run<S: TokenSink>(
         &mut self,
-        frame: Option<Frame<'_>>,
-        system: Option<&str>,
-        prompt: &str,
+        prompt: Prompt<'_>,
+        picture: Option<ImageInput<'_>>,
         sink: &mut S,
     ) -> Result<Report, Error> {
-        let t0 = self.clock.now_us();
-        self.history = 0;
-        let frame = match (frame, self.plan.has_vision()) {
-            (Some(f), true) => {
-                check_frame(&f, self.plan.options.max_frame_side)?;
-                Some(f)
-            }
-            _ => None,
-        };
-        let tok = self
-            .tokenizer
-            .as_ref()
-            .ok_or(Error::Tokenizer(TokenizerError::NoTokenizer))?;
-        let template = self
-            .image
-            .config()
-            .tokenizer
-            .as_ref()
-            .map(|t| &t.chat)
-            .ok_or(Error::Tokenizer(TokenizerError::NoTokenizer))?;
-        let turn = Turn {
-            system,
-            user: prompt,
-            image: frame.is_some(),
-        };
-        // Measure the rendered prompt before writing anything (a system prompt longer than
-        // the template's default uses up prompt bytes).
-        let needed = match render(template, &turn, &mut []) {
-            Ok(s) => s.len(),
-            Err(Error::Length { expected, .. }) => expected,
-            Err(e) => return Err(e),
-        };
-        let room = self.plan.range(Buf::PromptText).len();
-        if needed > room {
-            return Err(Error::Length {
-                what: "prompt rendered with the chat template (plan's max_prompt_bytes)",
-                expected: needed,
-                got: room,
-            });
-        }
-        let n_ids = {
-            let [text, piece, nfc, ids] = self.plan.regions(
-                self.arena,
-                [
-                    Buf::PromptText,
-                    Buf::TokenizerPiece,
-                    Buf::TokenizerText,
-                    Buf::Ids,
-                ],
-            )?;
-            let rendered = render(template, &turn, text)?;
-            let mut ws = Workspace::new(u32s(piece)?, nfc);
-            let ids = u32s(ids)?;
-            let mut n = 0;
-            if tok.add_bos()
-                && let (Some(bos), Some(slot)) = (tok.bos(), ids.first_mut())
-            {
-                *slot = bos;
-                n = 1;
-            }
-            let max = self.plan.options.max_context;
-            let encode = |text: &str, ws: &mut Workspace<'_>, ids: &mut [u32], n: usize| {
-                let out = ids.get_mut(n..).unwrap_or_default();
-                match tok.encode(text, Specials::Parse, ws, out) {
-                    Ok(k) => Ok(n + k),
-                    // The ids buffer holds a whole context: the prompt needs more (how
-                    // many more is unknown without tokenizing it all).
-                    Err(TokenizerError::OutputFull { .. }) => Err(Error::ContextOverflow {
-                        needed: max + 1,
-                        max,
-                    }),
-                    Err(e) => Err(Error::Tokenizer(e)),
-                }
-            };
-            if frame.is_some() {
-                let (before, after) = rendered
-                    .split_once(IMAGE_PLACEHOLDER)
-                    .unwrap_or((rendered, ""));
-                n = encode(before, &mut ws, ids, n)?;
-                let slot = ids.get_mut(n).ok_or(Error::ContextOverflow {
-                    needed: max + 1,
-                    max,
-                })?;
-                *slot = IMAGE_SENTINEL;
-                n = encode(after, &mut ws, ids, n + 1)?;
-            } else {
-                n = encode(rendered, &mut ws, ids, n)?;
-            }
-            n
-        };
-        let splice = frame.map(|_| Splice {
-            marker: IMAGE_SENTINEL,
-            expand: true,
-        });
-        self.check_positions(n_ids, splice)?;
-        let tokenize_us = self.clock.now_us().saturating_sub(t0);
         let max_new = self.options.max_new_tokens;
-        let mut report = self.run(
-            t0,
-            n_ids,
-            frame.map(ImageInput::Frame),
-            splice,
-            None,
-            Some((max_new, sink)),
-        )?;
-        report.timings.tokenize_us = tokenize_us;
-        Ok(report)
+        self.call(prompt, picture, None, Some((max_new, sink)))
     }
 
-    /// Generate from prompt ids (no template, no tokenizer needed), with an optional
-    /// image spliced at the config's image-token id (see the module docs). Tokens stream
-    /// to `sink` (with their text when the image has a tokenizer).
-    pub fn generate_ids<S: TokenSink>(
+    /// [`Session::run`] teacher-forced: add `prompt` (and `picture`) to the conversation
+    /// like a turn, but write the logits of the positions this call prefills instead of
+    /// generating: the last one's, or every one's (`positions x vocab`, the previous
+    /// answer's final token first when the call continues a conversation; an image
+    /// contributes one row per token). A wrong-sized `out` is refused before any work.
+    pub fn score(
         &mut self,
-        ids: &[u32],
-        image: Option<ImageInput<'_>>,
-        sink: &mut S,
+        prompt: Prompt<'_>,
+        picture: Option<ImageInput<'_>>,
+        out: LogitsOut<'_>,
     ) -> Result<Report, Error> {
-        let t0 = self.clock.now_us();
-        let splice = self.load_ids(ids, image.as_ref())?;
-        let max_new = self.options.max_new_tokens;
-        self.run(t0, ids.len(), image, splice, None, Some((max_new, sink)))
+        self.call::<NoSink>(prompt, picture, Some(out), None)
     }
 
-    /// Teacher-forced logits of prompt ids, with an optional image spliced at the
-    /// config's image-token id: the last position's or every position's.
+    /// Teacher-forced logits of prompt ids in a new conversation, with an optional image
+    /// spliced at the config's image-token id: [`Session::reset`], then
+    /// [`Session::score`] with [`Prompt::Ids`].
     pub fn logits(
         &mut self,
         ids: &[u32],
         image: Option<ImageInput<'_>>,
         out: LogitsOut<'_>,
     ) -> Result<Report, Error> {
-        let t0 = self.clock.now_us();
-        let splice = self.load_ids(ids, image.as_ref())?;
-        let positions = self.positions(ids.len(), splice);
-        let vocab = self.decoder.shape().vocab;
-        let (what, want, got) = match &out {
-            LogitsOut::Last(o) => ("last-position logits", vocab, o.len()),
-            LogitsOut::All(o) => (
-                "logits (positions x vocab)",
-                positions.saturating_mul(vocab),
-                o.len(),
-            ),
-        };
-        if want != got {
-            return Err(Error::Length {
-                what,
-                expected: want,
-                got,
-            });
-        }
-        self.run::<NoSink>(t0, ids.len(), image, splice, Some(out), None)
+        self.reset();
+        self.score(Prompt::Ids(ids), image, out)
     }
 
-    /// Check the image input and the ids, copy the ids into the ids buffer and say how the
-    /// image is spliced. Nothing else is touched.
-    fn load_ids(
+    fn call<S: TokenSink>(
+        &mut self,
+        prompt: Prompt<'_>,
+        picture: Option<ImageInput<'_>>,
+        out: Option<LogitsOut<'_>>,
+        generate: Option<(usize, &mut S)>,
+    ) -> Result<Report, Error> {
+        let t0 = self.clock.now_us();
+        let vocab = self.decoder.shape().vocab;
+        let check_out = |positions: usize| {
+            let (what, want, got) = match &out {
+                None => return Ok(()),
+                Some(LogitsOut::Last(o)) => ("last-position logits", vocab, o.len()),
+                Some(LogitsOut::All(o)) => (
+                    "logits (positions x vocab)",
+                    positions.saturating_mul(vocab),
+                    o.len(),
+                ),
+            };
+            if want == got {
+                Ok(())
+            } else {
+                Err(Error::Length {
+                    what,
+                    expected: want,
+                    got,
+                })
+            }
+        };
+        let splice = self.start_turn(prompt, picture.as_ref(), check_out)?;
+        let tokenize_us = self.clock.now_us().saturating_sub(t0);
+        let result = self.work(t0, picture, splice, out, generate);
+        if result.is_err() {
+            self.settle();
+        }
+        let mut report = result?;
+        report.timings.tokenize_us = tokenize_us;
+        Ok(report)
+    }
+
+    /// Check a picture against the plan (nothing is touched).
+    fn check_picture(&self, input: &ImageInput<'_>) -> Result<(), Error> {
+        let vp = self.plan.vision.ok_or(Error::Config {
+            what: "a picture was given, but the session plans no vision encoder",
+        })?;
+        match input {
+            ImageInput::Frame(f) => check_frame(f, self.plan.options.max_frame_side),
+            ImageInput::Pixels(p) => {
+                let want = 3usize
+                    .saturating_mul(vp.resolution)
+                    .saturating_mul(vp.resolution);
+                if p.len() == want {
+                    Ok(())
+                } else {
+                    Err(Error::Length {
+                        what: "pixels (3 x resolution x resolution)",
+                        expected: want,
+                        got: p.len(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Check `prompt` and `picture`, write the prompt's ids into the conversation and say
+    /// how this call's picture is spliced. A refusal leaves the conversation as it was.
+    /// `check` sees the positions the call will prefill, before anything is committed.
+    fn start_turn(
+        &mut self,
+        prompt: Prompt<'_>,
+        picture: Option<&ImageInput<'_>>,
+        check: impl Fn(usize) -> Result<(), Error>,
+    ) -> Result<Option<Splice>, Error> {
+        if let Some(p) = picture {
+            self.check_picture(p)?;
+        }
+        let old = self.conv;
+        let with_picture = picture.is_some();
+        if !with_picture && old.ids > 0 {
+            // A follow-up: the new ids go after the conversation.
+            let (n, _) = self.write_prompt(prompt, false, old.ids)?;
+            let pending = old.ids.saturating_sub(old.fed);
+            self.check_context(old.positions.saturating_add(pending).saturating_add(n))?;
+            check(pending.saturating_add(n))?;
+            self.conv = Conversation {
+                ids: old.ids.saturating_add(n),
+                prompt: (old.ids, n),
+                answer: (old.ids.saturating_add(n), 0),
+                ..old
+            };
+            return Ok(None);
+        }
+        // A new conversation. With an old one, its ids stay in place while the new ones
+        // are written behind them, so the prompt prefix they share is found exactly.
+        let (at, (n, marker)) = match self.write_prompt(prompt, with_picture, old.ids) {
+            Err(Error::ContextOverflow { .. }) if old.ids > 0 => {
+                // No room behind the old conversation: it is given up for the new one.
+                self.conv = Conversation::default();
+                (0, self.write_prompt(prompt, with_picture, 0)?)
+            }
+            r => (old.ids, r?),
+        };
+        let positions = self.positions(n, marker.map(|m| m.1));
+        self.check_context(positions)?;
+        let reuse = if at == 0 || (with_picture && !self.plan.options.kv_across_pictures) {
+            0
+        } else {
+            let ids = self.ids();
+            let old_limit = old.fed.min(old.image.map_or(usize::MAX, |(i, _)| i));
+            let new_limit = marker.map_or(n, |(i, _)| i);
+            let old_ids = ids.get(..old_limit).unwrap_or(&[]);
+            let new_ids = ids.get(at..at.saturating_add(new_limit)).unwrap_or(&[]);
+            let same = old_ids
+                .iter()
+                .zip(new_ids)
+                .take_while(|(a, b)| a == b)
+                .count();
+            // At least one position is prefilled: its logits start the answer.
+            same.min(n.saturating_sub(1))
+        };
+        check(positions.saturating_sub(reuse))?;
+        if at > 0 {
+            let r = self.plan.range(Buf::Ids);
+            let bytes = self.arena.get_mut(r).unwrap_or_default();
+            let ids: &mut [u32] = bytemuck::try_cast_slice_mut(bytes).unwrap_or_default();
+            if at.saturating_add(n) <= ids.len() {
+                ids.copy_within(at..at + n, 0);
+            }
+        }
+        self.conv = Conversation {
+            ids: n,
+            fed: reuse,
+            positions: reuse,
+            image: marker,
+            prompt: (0, n),
+            answer: (n, 0),
+        };
+        Ok(marker.map(|m| m.1))
+    }
+
+    /// After a failed call: keep what the KV cache holds, drop ids not fed.
+    fn settle(&mut self) {
+        let c = &mut self.conv;
+        c.ids = c.fed;
+        c.image = c.image.filter(|&(i, _)| i < c.fed);
+        c.prompt.1 = c.prompt.1.min(c.fed.saturating_sub(c.prompt.0));
+        c.answer.1 = c.answer.1.min(c.fed.saturating_sub(c.answer.0));
+    }
+
+    /// Write `prompt`'s ids into the ids buffer from index `at`; `at == 0` makes it a
+    /// first turn. Returns the count and, with a picture, the marker's index (relative
+    /// to `at`) and splice. Nothing before `at` is touched.
+    fn write_prompt(
+        &mut self,
+        prompt: Prompt<'_>,
+        with_picture: bool,
+        at: usize,
+    ) -> Result<(usize, Option<(usize, Splice)>), Error> {
+        match prompt {
+            Prompt::Ids(ids) => self.write_ids(ids, with_picture, at),
+            Prompt::Text(text) => {
+                if with_picture {
+                    return Err(Error::Config {
+                        what: "a raw text prompt cannot place a picture: send a chat turn, or ids with the image token",
+                    });
+                }
+                self.write_text(text, at)
+            }
+            Prompt::Chat { system, user } => self.write_chat(system, user, with_picture, at),
+        }
+    }
+
+    /// Copy `ids` to index `at` after checking them (see [`Prompt::Ids`]).
+    fn write_ids(
         &mut self,
         ids: &[u32],
-        image: Option<&ImageInput<'_>>,
-    ) -> Result<Option<Splice>, Error> {
-        self.history = 0;
+        with_picture: bool,
+        at: usize,
+    ) -> Result<(usize, Option<(usize, Splice)>), Error> {
         if ids.is_empty() {
             return Err(Error::EmptyInput);
         }
-        let splice = match image {
-            None => None,
-            Some(input) => {
-                let vp = self.plan.vision.ok_or(Error::Config {
-                    what: "an image was given, but the session plans no vision encoder",
-                })?;
-                match input {
-                    ImageInput::Frame(f) => check_frame(f, self.plan.options.max_frame_side)?,
-                    ImageInput::Pixels(p) => {
-                        let want = 3usize
-                            .saturating_mul(vp.resolution)
-                            .saturating_mul(vp.resolution);
-                        if p.len() != want {
-                            return Err(Error::Length {
-                                what: "pixels (3 x resolution x resolution)",
-                                expected: want,
-                                got: p.len(),
-                            });
-                        }
-                    }
+        let splice = if with_picture {
+            let marker = self.decoder.config().image_token_id.ok_or(Error::Config {
+                what: "the decoder config has no image token id",
+            })?;
+            let count = ids.iter().filter(|&&id| id == marker).count();
+            let tokens = self.plan.image_tokens;
+            let expand = match count {
+                c if c == tokens => false,
+                1 => true,
+                c => {
+                    return Err(Error::Length {
+                        what: "image-token ids in the prompt (one, or one per image token)",
+                        expected: tokens,
+                        got: c,
+                    });
                 }
-                let marker = self.decoder.config().image_token_id.ok_or(Error::Config {
-                    what: "the decoder config has no image token id",
-                })?;
-                let count = ids.iter().filter(|&&id| id == marker).count();
-                let tokens = self.plan.image_tokens;
-                let expand = match count {
-                    c if c == tokens => false,
-                    1 => true,
-                    c => {
-                        return Err(Error::Length {
-                            what: "image-token ids in the prompt (one, or one per image token)",
-                            expected: tokens,
-                            got: c,
-                        });
-                    }
-                };
-                Some(Splice { marker, expand })
-            }
+            };
+            Some(Splice { marker, expand })
+        } else {
+            None
         };
-        self.check_positions(ids.len(), splice)?;
         let vocab = self.decoder.shape().vocab;
         if let Some(&id) = ids
             .iter()
@@ -515,17 +696,183 @@ impl<'a, 'w, C: MonotonicClock> Session<'a, 'w, C> {
                 vocab: vocab as u32,
             });
         }
+        let max = self.plan.options.max_context;
         let [buf] = self.plan.regions(self.arena, [Buf::Ids])?;
         let buf = u32s(buf)?;
-        let dst = buf.get_mut(..ids.len()).ok_or(Error::ContextOverflow {
-            needed: ids.len(),
-            max: self.plan.options.max_context,
-        })?;
+        let dst = buf
+            .get_mut(at..at.saturating_add(ids.len()))
+            .ok_or(Error::ContextOverflow {
+                needed: at.saturating_add(ids.len()),
+                max,
+            })?;
         dst.copy_from_slice(ids);
-        Ok(splice)
+        let marker = splice.and_then(|s| ids.iter().position(|&id| id == s.marker).map(|i| (i, s)));
+        Ok((ids.len(), marker))
     }
 
-    /// Positions `n_ids` prompt ids take with `splice`.
+    /// Render a chat turn (a first turn at `at == 0`, else a follow-up) into the prompt
+    /// buffer and tokenize it to index `at`.
+    fn write_chat(
+        &mut self,
+        system: Option<&str>,
+        user: &str,
+        with_picture: bool,
+        at: usize,
+    ) -> Result<(usize, Option<(usize, Splice)>), Error> {
+        let template = self
+            .image
+            .config()
+            .tokenizer
+            .as_ref()
+            .map(|t| &t.chat)
+            .ok_or(Error::Tokenizer(TokenizerError::NoTokenizer))?;
+        let first = at == 0 || with_picture;
+        let close = !first && {
+            let end = self
+                .tokenizer
+                .as_ref()
+                .and_then(|t| t.find_token(IM_END.as_bytes()));
+            self.ids().get(at.wrapping_sub(1)).copied() != end
+        };
+        let turn = Turn {
+            system,
+            user,
+            image: with_picture,
+        };
+        let render_into = |out: &mut [u8]| -> Result<usize, Error> {
+            let r = if first {
+                render(template, &turn, out)
+            } else {
+                render_follow_up(template, user, close, out)
+            };
+            match r {
+                Ok(s) => Ok(s.len()),
+                Err(Error::Length { expected, .. }) => Ok(expected),
+                Err(e) => Err(e),
+            }
+        };
+        // Measure the rendered prompt before writing anything (a system prompt longer than
+        // the template's default uses up prompt bytes).
+        let needed = render_into(&mut [])?;
+        let room = self.plan.range(Buf::PromptText).len();
+        if needed > room {
+            return Err(Error::Length {
+                what: "prompt rendered with the chat template (plan's max_prompt_bytes)",
+                expected: needed,
+                got: room,
+            });
+        }
+        let [text] = self.plan.regions(self.arena, [Buf::PromptText])?;
+        let len = render_into(text)?;
+        self.tokenize(len, first, with_picture, Specials::Parse, at)
+    }
+
+    /// Tokenize raw `text` (control-token spellings kept as text) to index `at`.
+    fn write_text(
+        &mut self,
+        text: &str,
+        at: usize,
+    ) -> Result<(usize, Option<(usize, Splice)>), Error> {
+        let room = self.plan.range(Buf::PromptText).len();
+        if text.len() > room {
+            return Err(Error::Length {
+                what: "raw prompt (plan's max_prompt_bytes)",
+                expected: text.len(),
+                got: room,
+            });
+        }
+        if text.is_empty() && at > 0 {
+            return Err(Error::EmptyInput);
+        }
+        let [buf] = self.plan.regions(self.arena, [Buf::PromptText])?;
+        if let Some(dst) = buf.get_mut(..text.len()) {
+            dst.copy_from_slice(text.as_bytes());
+        }
+        self.tokenize(text.len(), at == 0, false, Specials::Plain, at)
+    }
+
+    /// Tokenize the first `len` bytes of the prompt buffer to index `at` of the ids (BOS
+    /// first on a first turn when the tokenizer adds one; with a picture, split at the
+    /// placeholder around one [`IMAGE_SENTINEL`]).
+    fn tokenize(
+        &mut self,
+        len: usize,
+        first: bool,
+        with_picture: bool,
+        specials: Specials,
+        at: usize,
+    ) -> Result<(usize, Option<(usize, Splice)>), Error> {
+        let tok = self
+            .tokenizer
+            .as_ref()
+            .ok_or(Error::Tokenizer(TokenizerError::NoTokenizer))?;
+        let max = self.plan.options.max_context;
+        let [text, piece, nfc, ids] = self.plan.regions(
+            self.arena,
+            [
+                Buf::PromptText,
+                Buf::TokenizerPiece,
+                Buf::TokenizerText,
+                Buf::Ids,
+            ],
+        )?;
+        let rendered = core::str::from_utf8(text.get(..len).unwrap_or_default()).map_err(|_| {
+            Error::Config {
+                what: "prompt text is not UTF-8",
+            }
+        })?;
+        let mut ws = Workspace::new(u32s(piece)?, nfc);
+        let ids = u32s(ids)?;
+        let overflow = Error::ContextOverflow {
+            needed: max + 1,
+            max,
+        };
+        let mut n = at;
+        if first
+            && tok.add_bos()
+            && let Some(bos) = tok.bos()
+        {
+            *ids.get_mut(n).ok_or(overflow.clone())? = bos;
+            n += 1;
+        }
+        let encode = |text: &str, ws: &mut Workspace<'_>, ids: &mut [u32], n: usize| {
+            let out = ids.get_mut(n..).unwrap_or_default();
+            match tok.encode(text, specials, ws, out) {
+                Ok(k) => Ok(n + k),
+                // The ids buffer holds a whole context: the prompt needs more (how
+                // many more is unknown without tokenizing it all).
+                Err(TokenizerError::OutputFull { .. }) => Err(Error::ContextOverflow {
+                    needed: max + 1,
+                    max,
+                }),
+                Err(e) => Err(Error::Tokenizer(e)),
+            }
+        };
+        let mut marker = None;
+        if with_picture {
+            let (before, after) = rendered
+                .split_once(IMAGE_PLACEHOLDER)
+                .unwrap_or((rendered, ""));
+            n = encode(before, &mut ws, ids, n)?;
+            *ids.get_mut(n).ok_or(overflow)? = IMAGE_SENTINEL;
+            marker = Some((
+                n - at,
+                Splice {
+                    marker: IMAGE_SENTINEL,
+                    expand: true,
+                },
+            ));
+            n = encode(after, &mut ws, ids, n + 1)?;
+        } else {
+            n = encode(rendered, &mut ws, ids, n)?;
+        }
+        if n == at {
+            return Err(Error::EmptyInput);
+        }
+        Ok((n - at, marker))
+    }
+
+    /// Positions `n_ids` ids take with `splice`.
     fn positions(&self, n_ids: usize, splice: Option<Splice>) -> usize {
         match splice {
             Some(s) if s.expand => n_ids
@@ -535,8 +882,7 @@ impl<'a, 'w, C: MonotonicClock> Session<'a, 'w, C> {
         }
     }
 
-    fn check_positions(&self, n_ids: usize, splice: Option<Splice>) -> Result<(), Error> {
-        let needed = self.positions(n_ids, splice);
+    fn check_context(&self, needed: usize) -> Result<(), Error> {
         if needed == 0 {
             return Err(Error::EmptyInput);
         }
@@ -547,12 +893,11 @@ impl<'a, 'w, C: MonotonicClock> Session<'a, 'w, C> {
         Ok(())
     }
 
-    /// Everything after tokenizing: the vision steps when there is an image, then the
-    /// decoder. Inputs are checked by the caller.
-    fn run<S: TokenSink>(
+    /// Everything after tokenizing: the vision steps when there is a picture, then the
+    /// decoder. Inputs are checked and the conversation updated by the caller.
+    fn work<S: TokenSink>(
         &mut self,
         t0: u64,
-        n_ids: usize,
         image: Option<ImageInput<'_>>,
         splice: Option<Splice>,
         out: Option<LogitsOut<'_>>,
@@ -562,7 +907,7 @@ impl<'a, 'w, C: MonotonicClock> Session<'a, 'w, C> {
         if let Some(input) = image {
             self.encode_image(input, &mut timings)?;
         }
-        self.decode(t0, n_ids, splice, out, generate, timings)
+        self.decode(t0, splice, out, generate, timings)
     }
 
     /// Preprocess, encode and project one picture into the embeddings buffer.
@@ -652,17 +997,17 @@ impl<'a, 'w, C: MonotonicClock> Session<'a, 'w, C> {
         Ok(())
     }
 
-    /// Prefill the prompt (splicing the embeddings), then write logits and/or generate.
+    /// Prefill the conversation's ids the KV cache does not hold yet (splicing this
+    /// call's picture), then write logits and/or generate, keeping the conversation's
+    /// counts in step with the cache as it goes.
     fn decode<S: TokenSink>(
         &mut self,
         t0: u64,
-        n_ids: usize,
         splice: Option<Splice>,
         out: Option<LogitsOut<'_>>,
         generate: Option<(usize, &mut S)>,
         mut timings: Timings,
     ) -> Result<Report, Error> {
-        let positions = self.positions(n_ids, splice);
         let image_tokens = if splice.is_some() {
             self.plan.image_tokens
         } else {
@@ -670,11 +1015,13 @@ impl<'a, 'w, C: MonotonicClock> Session<'a, 'w, C> {
         };
         let plan = &self.plan;
         let clock = &mut self.clock;
+        let conv = &mut self.conv;
         let t_prefill = clock.now_us();
-        let [region, emb, ids, sampler_scratch, token_text] = plan.regions(
+        let [kv, work, emb, ids, sampler_scratch, token_text] = plan.regions(
             self.arena,
             [
-                Buf::Decoder,
+                Buf::KvCache,
+                Buf::DecoderWork,
                 Buf::Embeddings,
                 Buf::Ids,
                 Buf::SamplerScratch,
@@ -683,17 +1030,23 @@ impl<'a, 'w, C: MonotonicClock> Session<'a, 'w, C> {
         )?;
         let emb: &[f32] = f32s(emb)?;
         let ids = u32s(ids)?;
-        let mut arena = Arena::new(region);
-        let mut state = DecoderState::with_format(
-            &mut arena,
+        let mut kv = Arena::new(kv);
+        let mut work = Arena::new(work);
+        let mut state = DecoderState::with_regions(
+            &mut kv,
+            &mut work,
             &self.decoder,
             plan.options.max_context,
             plan.chunk,
             plan.options.kv,
         )?;
-        let prompt = ids.get(..n_ids).unwrap_or_default();
+        let reused = conv.positions;
+        state.resume_at(reused)?;
+        let feed = ids.get(conv.fed..conv.ids).unwrap_or_default();
         let mut out = out;
-        prefill(&mut state, prompt, splice, emb, image_tokens, &mut out)?;
+        prefill(&mut state, feed, splice, emb, image_tokens, &mut out)?;
+        conv.fed = conv.ids;
+        conv.positions = state.pos();
         if let Some(LogitsOut::Last(o)) = &mut out {
             o.copy_from_slice(state.logits());
         }
@@ -702,12 +1055,12 @@ impl<'a, 'w, C: MonotonicClock> Session<'a, 'w, C> {
         timings.ttft_us = t_first.saturating_sub(t0);
 
         let mut report = Report {
-            prompt_ids: n_ids,
-            prompt_positions: positions,
+            prompt_ids: conv.prompt.1,
+            prompt_positions: state.pos().saturating_sub(reused),
+            reused_positions: reused,
             image_tokens,
             ..Report::default()
         };
-        self.history = n_ids;
         let Some((max_new, sink)) = generate else {
             report.timings = timings;
             return Ok(report);
@@ -716,20 +1069,24 @@ impl<'a, 'w, C: MonotonicClock> Session<'a, 'w, C> {
         let mut sampler = Sampler::new(self.options.sampler);
         let scratch = u32s(sampler_scratch)?;
         let mut utf8 = Utf8Stream::new();
-        let mut n_hist = n_ids;
         let mut t_decode = t_first;
+        conv.answer = (conv.ids, 0);
         while report.generated < max_new {
-            let history = ids.get(..n_hist).unwrap_or_default();
+            let history = ids.get(..conv.ids).unwrap_or_default();
             let id = sampler.sample(state.logits_mut(), history, scratch)?;
             if report.generated == 0 {
                 let now = clock.now_us();
                 timings.ttft_us = now.saturating_sub(t0);
                 t_decode = now;
             }
-            if let Some(slot) = ids.get_mut(n_hist) {
-                *slot = id;
-                n_hist += 1;
-            }
+            // The ids buffer holds the context plus the one sampled id that is never fed.
+            let slot = ids.get_mut(conv.ids).ok_or(Error::ContextOverflow {
+                needed: conv.ids.saturating_add(1),
+                max: plan.options.max_context,
+            })?;
+            *slot = id;
+            conv.ids += 1;
+            conv.answer.1 += 1;
             report.generated += 1;
             let stop = self.stops.contains(id);
             let last = stop || report.generated == max_new || state.pos() >= state.max_context();
@@ -754,9 +1111,10 @@ impl<'a, 'w, C: MonotonicClock> Session<'a, 'w, C> {
                 break;
             }
             state.decode_one(id)?;
+            conv.fed = conv.ids;
+            conv.positions = state.pos();
             report.decode_steps += 1;
         }
-        self.history = n_hist;
         sink.finish().map_err(|e| Error::Sink(e.kind()))?;
         timings.decode_us = clock.now_us().saturating_sub(t_decode);
         report.timings = timings;

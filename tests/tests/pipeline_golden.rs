@@ -18,7 +18,9 @@ use glimpse_core::Image;
 use glimpse_core::decoder::KvFormat;
 use glimpse_core::planner::PlanOptions;
 use glimpse_core::preprocess::{preprocess, scratch_bytes};
-use glimpse_core::session::{IMAGE_SENTINEL, ImageInput, LogitsOut, Session, SessionOptions};
+use glimpse_core::session::{
+    IMAGE_SENTINEL, ImageInput, LogitsOut, Prompt, Session, SessionOptions,
+};
 use glimpse_tools::logits::LogitsArgs;
 use glimpse_tools::plan::KvArg;
 use glimpse_tools::run::{HostClock, arena_for};
@@ -130,16 +132,24 @@ fn logits_and_greedy_tokens_match_transformers() {
         let (by_ids, by_single, by_ask, history) = with_session(&image, opts(kv, 16), |s| {
             let mut a = VecSink::default();
             let r = s
-                .generate_ids(&input_ids, Some(ImageInput::Frame(frame)), &mut a)
+                .run(
+                    Prompt::Ids(&input_ids),
+                    Some(ImageInput::Frame(frame)),
+                    &mut a,
+                )
                 .unwrap();
             assert_eq!((r.generated, r.stopped, r.decode_steps), (16, false, 15));
             assert_eq!(a.finished, 1);
             let mut b = VecSink::default();
-            s.generate_ids(&single, Some(ImageInput::Frame(frame)), &mut b)
+            s.run(Prompt::Ids(&single), Some(ImageInput::Frame(frame)), &mut b)
                 .unwrap();
             let mut c = VecSink::default();
             let r = s
-                .ask(Some(frame), exp["question"].as_str().unwrap(), &mut c)
+                .run(
+                    Prompt::chat(exp["question"].as_str().unwrap()),
+                    Some(ImageInput::Frame(frame)),
+                    &mut c,
+                )
                 .unwrap();
             assert_eq!(r.prompt_positions, input_ids.len());
             assert_eq!(r.prompt_ids, single.len());

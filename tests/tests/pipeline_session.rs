@@ -8,13 +8,35 @@ mod pipeline_common;
 use glimpse_core::arena::ALIGN;
 use glimpse_core::planner::{ArenaPlan, Buf, Phase, PlanOptions};
 use glimpse_core::preprocess::{Frame, FrameError, PixelFormat};
-use glimpse_core::session::{ImageInput, LogitsOut, Session, SessionOptions};
+use glimpse_core::session::{ImageInput, LogitsOut, Prompt, Report, Session, SessionOptions};
 use glimpse_core::{Error, Image};
 use glimpse_hal::{ErrorKind, ErrorType, TokenSink};
 use glimpse_tools::plan::{Emit, KvArg, PlanArgs};
 use glimpse_tools::run::HostClock;
 use glimpse_tools::{KeepArg, QuantArg};
 use pipeline_common::*;
+
+/// One question about an optional frame, in a new conversation.
+fn ask<S: TokenSink>(
+    s: &mut Session<'_, '_, HostClock>,
+    frame: Option<Frame<'_>>,
+    question: &str,
+    sink: &mut S,
+) -> Result<Report, Error> {
+    s.reset();
+    s.run(Prompt::chat(question), frame.map(ImageInput::Frame), sink)
+}
+
+/// Generation from ids with an optional picture, in a new conversation.
+fn generate_ids<S: TokenSink>(
+    s: &mut Session<'_, '_, HostClock>,
+    ids: &[u32],
+    picture: Option<ImageInput<'_>>,
+    sink: &mut S,
+) -> Result<Report, Error> {
+    s.reset();
+    s.run(Prompt::Ids(ids), picture, sink)
+}
 
 fn options() -> SessionOptions {
     SessionOptions {
@@ -66,7 +88,7 @@ fn the_planned_size_is_exact_and_nothing_outside_it_is_touched() {
         let mut g = Guarded::new(total + ALIGN - 5, 5);
         let mut s = Session::new(&image, g.window(), HostClock::new(), options()).unwrap();
         let mut sink = VecSink::default();
-        s.ask(Some(pic.frame()), question, &mut sink).unwrap();
+        ask(&mut s, Some(pic.frame()), question, &mut sink).unwrap();
         drop(s);
         assert!(g.guards_intact());
         sink.tokens
@@ -78,7 +100,7 @@ fn the_planned_size_is_exact_and_nothing_outside_it_is_touched() {
     let mut s = Session::new(&image, g.window(), HostClock::new(), options()).unwrap();
     assert_eq!(s.plan().total(), total);
     let mut sink = VecSink::default();
-    let r = s.ask(Some(pic.frame()), question, &mut sink).unwrap();
+    let r = ask(&mut s, Some(pic.frame()), question, &mut sink).unwrap();
     assert_eq!(r.generated, 6);
     assert!(r.image_tokens > 0);
     assert_eq!(sink.tokens, reference);
@@ -161,7 +183,7 @@ fn bad_inputs_are_errors_before_work_and_leave_the_session_usable() {
     let mut arena = vec![0u8; plan.total() + ALIGN];
     let mut s = Session::new(&image, &mut arena, HostClock::new(), options()).unwrap();
     let mut sink = VecSink::default();
-    let good = s.ask(Some(pic.frame()), question, &mut sink).unwrap();
+    let good = ask(&mut s, Some(pic.frame()), question, &mut sink).unwrap();
     let tokens = sink.tokens.clone();
 
     let short = &pic.rgb[..pic.rgb.len() - 1];
@@ -192,22 +214,22 @@ fn bad_inputs_are_errors_before_work_and_leave_the_session_usable() {
     ];
     for (frame, what) in bad_frames {
         let mut sink = VecSink::default();
-        let err = s.ask(Some(frame), question, &mut sink).unwrap_err();
+        let err = ask(&mut s, Some(frame), question, &mut sink).unwrap_err();
         assert!(matches!(err, Error::Frame(_)), "{what}: {err:?}");
         assert!(sink.tokens.is_empty() && sink.finished == 0, "{what}");
     }
-    let err = s
-        .ask(
-            Some(Frame {
-                width: 300,
-                height: 2,
-                format: PixelFormat::Rgb888,
-                data: &[0; 1800],
-            }),
-            question,
-            &mut VecSink::default(),
-        )
-        .unwrap_err();
+    let err = ask(
+        &mut s,
+        Some(Frame {
+            width: 300,
+            height: 2,
+            format: PixelFormat::Rgb888,
+            data: &[0; 1800],
+        }),
+        question,
+        &mut VecSink::default(),
+    )
+    .unwrap_err();
     assert_eq!(
         err,
         Error::Frame(FrameError::TooLarge {
@@ -219,14 +241,10 @@ fn bad_inputs_are_errors_before_work_and_leave_the_session_usable() {
 
     // A prompt past the plan's bound, and one that tokenizes past the context.
     let long = "x".repeat(65);
-    let err = s
-        .ask(Some(pic.frame()), &long, &mut VecSink::default())
-        .unwrap_err();
+    let err = ask(&mut s, Some(pic.frame()), &long, &mut VecSink::default()).unwrap_err();
     assert!(matches!(err, Error::Length { .. }), "{err:?}");
     let words = "a b c d e f g h i j k l m n o p q r s t u v w x y z a b c d e f";
-    let err = s
-        .ask(Some(pic.frame()), words, &mut VecSink::default())
-        .unwrap_err();
+    let err = ask(&mut s, Some(pic.frame()), words, &mut VecSink::default()).unwrap_err();
     assert!(
         matches!(err, Error::ContextOverflow { max: 96, .. }),
         "{err:?}"
@@ -243,7 +261,7 @@ fn bad_inputs_are_errors_before_work_and_leave_the_session_usable() {
         .collect();
     let f = || Some(ImageInput::Frame(pic.frame()));
     assert!(matches!(
-        s.generate_ids(&text_only, f(), &mut VecSink::default()),
+        generate_ids(&mut s, &text_only, f(), &mut VecSink::default()),
         Err(Error::Length {
             expected: 9,
             got: 0,
@@ -254,15 +272,15 @@ fn bad_inputs_are_errors_before_work_and_leave_the_session_usable() {
     two.retain(|&t| t != image_id);
     two.extend([image_id, 5, image_id]);
     assert!(matches!(
-        s.generate_ids(&two, f(), &mut VecSink::default()),
+        generate_ids(&mut s, &two, f(), &mut VecSink::default()),
         Err(Error::Length { got: 2, .. })
     ));
     assert!(matches!(
-        s.generate_ids(&[1, 2, 10_000], None, &mut VecSink::default()),
+        generate_ids(&mut s, &[1, 2, 10_000], None, &mut VecSink::default()),
         Err(Error::TokenOutOfRange { id: 10_000, .. })
     ));
     assert_eq!(
-        s.generate_ids(&[], None, &mut VecSink::default()),
+        generate_ids(&mut s, &[], None, &mut VecSink::default()),
         Err(Error::EmptyInput)
     );
     assert!(matches!(
@@ -280,7 +298,7 @@ fn bad_inputs_are_errors_before_work_and_leave_the_session_usable() {
 
     // None of it left a trace: the same question gives the same answer.
     let mut sink = VecSink::default();
-    let again = s.ask(Some(pic.frame()), question, &mut sink).unwrap();
+    let again = ask(&mut s, Some(pic.frame()), question, &mut sink).unwrap();
     assert_eq!(sink.tokens, tokens);
     assert_eq!(
         (again.prompt_positions, again.generated),
@@ -318,11 +336,11 @@ fn without_a_frame_a_vlm_answers_text_only_and_sink_errors_stop_it() {
     let mut arena = vec![0u8; plan.total() + ALIGN];
     let mut s = Session::new(&image, &mut arena, HostClock::new(), options()).unwrap();
     let mut a = VecSink::default();
-    let r = s.ask(None, &question, &mut a).unwrap();
+    let r = ask(&mut s, None, &question, &mut a).unwrap();
     assert_eq!(r.image_tokens, 0);
     assert_eq!(r.prompt_positions, r.prompt_ids);
     assert_eq!(r.timings.encoder_us, 0);
-    let err = s.ask(None, &question, &mut Failing { ok: 2 }).unwrap_err();
+    let err = ask(&mut s, None, &question, &mut Failing { ok: 2 }).unwrap_err();
     assert_eq!(err, Error::Sink(ErrorKind::Io));
     drop(s);
 
@@ -337,14 +355,24 @@ fn without_a_frame_a_vlm_answers_text_only_and_sink_errors_stop_it() {
     let mut arena = vec![0u8; text_plan.total() + ALIGN];
     let mut s = Session::new(&image, &mut arena, HostClock::new(), text_opts).unwrap();
     let mut b = VecSink::default();
-    // A frame given to a session without vision is ignored: text-only again.
-    let r = s.ask(Some(picture().frame()), &question, &mut b).unwrap();
+    // A frame given to a session without vision is refused; without it, text-only again.
+    assert!(matches!(
+        ask(
+            &mut s,
+            Some(picture().frame()),
+            &question,
+            &mut VecSink::default()
+        ),
+        Err(Error::Config { .. })
+    ));
+    let r = ask(&mut s, None, &question, &mut b).unwrap();
     assert_eq!(r.image_tokens, 0);
     assert_eq!(a.tokens, b.tokens);
     assert!(!a.tokens.is_empty());
     // An explicit picture at the id level is refused instead (the ids may mark it).
     assert!(matches!(
-        s.generate_ids(
+        generate_ids(
+            &mut s,
             &[1, 2],
             Some(ImageInput::Pixels(&[0.0; 3])),
             &mut VecSink::default()
@@ -370,6 +398,7 @@ fn glimpse_plan_emits_the_session_total() {
         max_prompt: 100,
         sample: false,
         text_only: false,
+        stream: false,
         emit,
         output: Some(tmp.path().join(out)),
     };
@@ -413,13 +442,13 @@ fn glimpse_plan_emits_the_session_total() {
     };
     let mut g = Guarded::new(n, 0);
     let mut s = Session::new(&image, g.window(), HostClock::new(), opts).unwrap();
-    let r = s
-        .ask(
-            Some(picture().frame()),
-            "What is it?",
-            &mut VecSink::default(),
-        )
-        .unwrap();
+    let r = ask(
+        &mut s,
+        Some(picture().frame()),
+        "What is it?",
+        &mut VecSink::default(),
+    )
+    .unwrap();
     assert_eq!((r.image_tokens, r.generated), (4, 2));
     drop(s);
     assert!(g.guards_intact());
@@ -458,7 +487,7 @@ fn a_text_only_image_runs_from_ids_with_the_decoders_own_results() {
     let names: Vec<Buf> = plan.buffers().map(|(b, _)| b).collect();
     assert_eq!(
         names,
-        vec![Buf::Ids, Buf::Decoder],
+        vec![Buf::Ids, Buf::KvCache, Buf::DecoderWork],
         "no tokenizer, no vision, greedy"
     );
     let mut g = Guarded::new(plan.total(), 0);
@@ -473,14 +502,14 @@ fn a_text_only_image_runs_from_ids_with_the_decoders_own_results() {
     assert_eq!(all, want);
     // Greedy continuation: each token is the argmax of the previous step's logits.
     let mut sink = VecSink::default();
-    let r = s.generate_ids(&tokens, None, &mut sink).unwrap();
+    let r = generate_ids(&mut s, &tokens, None, &mut sink).unwrap();
     assert_eq!(r.generated, 4);
     let first = glimpse_core::sampler::argmax(&want[(n - 1) * vocab..]).unwrap();
     assert_eq!(sink.tokens[0], first);
     assert!(sink.text.is_empty(), "no tokenizer: ids only");
     // Asking in words needs a tokenizer.
     assert!(matches!(
-        s.ask(None, "hi", &mut VecSink::default()),
+        ask(&mut s, None, "hi", &mut VecSink::default()),
         Err(Error::Tokenizer(_))
     ));
     drop(s);

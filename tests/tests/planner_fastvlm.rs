@@ -194,10 +194,10 @@ fn fastvlm_0_5b_at_1024_with_2048_context_fits_in_48_mb() {
     let px = plan.placement(Buf::Pixels).unwrap();
     let second = plan.placement(Buf::VisionSecond).unwrap();
     assert!(px.overlaps(second) && !px.meets(second));
-    // The KV cache (in the decoder state) reuses the vision buffers' bytes.
-    let dec = plan.placement(Buf::Decoder).unwrap();
+    // The KV cache reuses the vision buffers' bytes (it is not kept across pictures).
+    let kv = plan.placement(Buf::KvCache).unwrap();
     let first = plan.placement(Buf::VisionFirst).unwrap();
-    assert!(dec.overlaps(first));
+    assert!(kv.overlaps(first));
     // Greedy placement reaches the lower bound here: the busiest phase's live bytes.
     let peak = Phase::ALL
         .iter()
@@ -217,7 +217,7 @@ fn fastvlm_0_5b_at_1024_with_2048_context_fits_in_48_mb() {
     )
     .unwrap();
     assert!(f32_plan.total() > 48 * MB);
-    let kv = |p: &ArenaPlan| p.placement(Buf::Decoder).unwrap().request.bytes;
+    let kv = |p: &ArenaPlan| p.placement(Buf::KvCache).unwrap().request.bytes;
     assert_eq!(kv(&f32_plan) - kv(&plan), 24 * 2048 * 128 * 2 * 2);
 
     // Sampling adds a candidate list (vocab u32s) that fits beside the decoder state.

@@ -20,13 +20,15 @@ mod tokenizer_common;
 use glimpse_core::Image;
 use glimpse_core::arena::Arena;
 use glimpse_core::chat::{self, Turn};
-use glimpse_core::decoder::{Decoder, DecoderState};
-use glimpse_core::sampler::{SamplerConfig, StopTokens, argmax};
+use glimpse_core::decoder::{Decoder, DecoderState, KvFormat};
+use glimpse_core::planner::{ArenaPlan, PlanOptions};
+use glimpse_core::sampler::argmax;
+use glimpse_core::session::{Prompt, Session, SessionOptions};
 use glimpse_core::tokenizer::{Specials, Tokenizer};
 use glimpse_tests::{AlignedBytes, fixtures_dir};
 use glimpse_tools::QuantArg;
 use glimpse_tools::convert::{Options, convert};
-use glimpse_tools::run::{GenerateOptions, generate};
+use glimpse_tools::run::{CollectSink, HostClock};
 use serde_json::Value;
 use tokenizer_common::*;
 
@@ -85,6 +87,28 @@ fn prompts(image: &Image<'_>, tok: &Tokenizer<'_>, fx: &Value) -> Vec<Vec<u32>> 
         .collect()
 }
 
+/// Greedy tokens for `prompt` through the Session, with llama.cpp's f32 KV cache and the
+/// default prefill chunk (the model's stop tokens end it).
+fn generate(image: &Image<'_>, prompt: &[u32], max_tokens: usize) -> CollectSink {
+    let opts = SessionOptions {
+        plan: PlanOptions {
+            max_context: prompt.len() + max_tokens,
+            kv: KvFormat::F32,
+            vision: false,
+            ..PlanOptions::default()
+        },
+        max_new_tokens: max_tokens,
+        ..SessionOptions::default()
+    };
+    let plan = ArenaPlan::new(image, &opts.plan).expect("plan");
+    let mut arena = glimpse_tools::run::arena_for(&plan);
+    let mut s = Session::new(image, &mut arena, HostClock::new(), opts).expect("session");
+    let mut sink = CollectSink::default();
+    s.run(Prompt::Ids(prompt), None, &mut sink)
+        .expect("generate");
+    sink
+}
+
 #[test]
 fn smollm2_f32_greedy_generation_matches_llama_cpp() {
     let Some(bytes) = converted(QuantArg::F32) else {
@@ -94,12 +118,7 @@ fn smollm2_f32_greedy_generation_matches_llama_cpp() {
     let tok = Tokenizer::from_image(&image).expect("tokenizer");
     let fx = fixture("greedy_f32.json");
     let prompt_ids = prompts(&image, &tok, &fx);
-    let opts = GenerateOptions {
-        max_tokens: fx["max_new_tokens"].as_u64().expect("max_new_tokens") as usize,
-        sampler: SamplerConfig::default(),
-        stops: StopTokens::for_model(image.config().decoder.as_ref(), Some(&tok)),
-        activations: Default::default(),
-    };
+    let max_tokens = fx["max_new_tokens"].as_u64().expect("max_new_tokens") as usize;
     let mut matched = 0;
     let mut report = Vec::new();
     for (g, p) in fx["generations"]
@@ -109,7 +128,7 @@ fn smollm2_f32_greedy_generation_matches_llama_cpp() {
         .zip(&prompt_ids)
     {
         let want = ids(&g["tokens"]);
-        let run = generate(&image, p, &opts, |_| Ok(())).expect("generate");
+        let run = generate(&image, p, max_tokens);
         if run.tokens == want {
             matched += 1;
             continue;
@@ -220,8 +239,6 @@ fn smollm2_q8_0_teacher_forced_argmax_matches_llama_cpp() {
 #[test]
 fn smollm2_q8_0_with_f32_activations_knows_the_capital_of_france() {
     use glimpse_core::kernels::linear::Q8Activations;
-    use glimpse_core::planner::{ArenaPlan, PlanOptions};
-    use glimpse_core::session::{Session, SessionOptions};
     let Some(bytes) = converted(QuantArg::Q8_0) else {
         return;
     };
@@ -241,15 +258,9 @@ fn smollm2_q8_0_with_f32_activations_knows_the_capital_of_france() {
         };
         let plan = ArenaPlan::new(&image, &opts.plan).expect("plan");
         let mut arena = glimpse_tools::run::arena_for(&plan);
-        let mut s = Session::new(
-            &image,
-            &mut arena,
-            glimpse_tools::run::HostClock::new(),
-            opts,
-        )
-        .expect("session");
-        let mut sink = glimpse_tools::run::CollectSink::default();
-        s.ask_turn(None, None, question, &mut sink).expect("ask");
+        let mut s = Session::new(&image, &mut arena, HostClock::new(), opts).expect("session");
+        let mut sink = CollectSink::default();
+        s.run(Prompt::chat(question), None, &mut sink).expect("ask");
         String::from_utf8(sink.text).expect("UTF-8")
     };
     let w8a8 = answer(Q8Activations::Int8);

@@ -13,13 +13,12 @@ use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result, bail, ensure};
 use glimpse_core::Image;
-use glimpse_core::planner::{ArenaPlan, DEFAULT_MAX_FRAME_SIDE, PlanOptions};
+use glimpse_core::planner::{ArenaPlan, DEFAULT_MAX_FRAME_SIDE};
 use glimpse_core::preprocess::Frame;
-use glimpse_core::session::{Report, Session, SessionOptions};
+use glimpse_core::session::{ImageInput, Prompt, Report, Session, SessionOptions};
 
 use crate::QuantArg;
 use crate::convert::{Options, convert};
-use crate::plan::KvArg;
 use crate::run::{CollectSink, HostClock, Picture, arena_for, describe, load_picture};
 
 /// The question the tiny model was trained on (tests/scripts/tiny_fastvlm/common.py).
@@ -92,20 +91,9 @@ impl<'i, 'w> Captioner<'i, 'w> {
         max_frame_side: usize,
         max_new_tokens: usize,
     ) -> Result<Self> {
-        let plan_opts = PlanOptions {
-            resolution: None,
-            max_context: crate::plan::default_context(image),
-            kv: KvArg::F16.into(),
-            chunk: glimpse_core::decoder::DEFAULT_CHUNK,
-            max_frame_side: max_frame_side.max(1),
-            max_prompt_bytes: prompt.len().max(1),
-            sampling: false,
-            vision: true,
-        };
         let options = SessionOptions {
-            plan: plan_opts,
             max_new_tokens,
-            ..SessionOptions::default()
+            ..SessionOptions::for_model(image, Some(max_frame_side), prompt.len())
         };
         let plan = ArenaPlan::new(image, &options.plan)?;
         let arena = arena_for(&plan);
@@ -131,7 +119,11 @@ impl<'i, 'w> Captioner<'i, 'w> {
             self.options.clone(),
         )?;
         let mut sink = CollectSink::default();
-        let report = session.ask_turn(Some(frame), None, prompt, &mut sink)?;
+        let report = session.run(
+            Prompt::chat(prompt),
+            Some(ImageInput::Frame(frame)),
+            &mut sink,
+        )?;
         Ok(Caption {
             text: String::from_utf8(sink.text).context("caption is not UTF-8")?,
             tokens: sink.tokens,

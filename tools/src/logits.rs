@@ -164,6 +164,7 @@ pub fn compute_with_image(
             max_prompt_bytes: 1,
             sampling: false,
             vision: true,
+            kv_across_pictures: false,
         },
         ..SessionOptions::default()
     };

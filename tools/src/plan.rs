@@ -79,6 +79,10 @@ pub struct PlanArgs {
     /// Plan a text-only run of a VLM (no vision buffers).
     #[arg(long)]
     pub text_only: bool,
+    /// Plan for frame streams: the KV cache keeps its bytes through the vision phases,
+    /// so each frame reuses the cached prompt prefix (what `glimpse stream` plans).
+    #[arg(long)]
+    pub stream: bool,
     /// Write this instead of the table.
     #[arg(long, value_enum)]
     pub emit: Option<Emit>,
@@ -109,6 +113,7 @@ pub fn options(a: &PlanArgs, image: &Image<'_>) -> PlanOptions {
         max_prompt_bytes: a.max_prompt,
         sampling: a.sample,
         vision: !a.text_only,
+        kv_across_pictures: a.stream,
     }
 }
 

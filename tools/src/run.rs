@@ -8,23 +8,19 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use glimpse_core::Image;
-use glimpse_core::arena::{ALIGN, Arena};
-use glimpse_core::decoder::{DEFAULT_CHUNK, Decoder, DecoderState};
-use glimpse_core::kernels::linear::Q8Activations;
-use glimpse_core::planner::{ArenaPlan, DEFAULT_MAX_FRAME_SIDE, PlanOptions};
-use glimpse_core::sampler::{Sampler, SamplerConfig, StopTokens};
-use glimpse_core::session::{IMAGE_SENTINEL, ImageInput, Report, Session, SessionOptions};
-use glimpse_core::tokenizer::{Specials, Tokenizer, TokenizerError};
+use glimpse_core::arena::ALIGN;
+use glimpse_core::planner::ArenaPlan;
+use glimpse_core::sampler::SamplerConfig;
+use glimpse_core::session::{IMAGE_SENTINEL, ImageInput, Prompt, Report, Session, SessionOptions};
+use glimpse_core::tokenizer::{Tokenizer, TokenizerError};
 use glimpse_hal::{ErrorKind, ErrorType, TokenSink};
 use glimpse_quant::layout::ChatTemplate;
 
 use crate::RunArgs;
-use crate::plan::{KvArg, default_context};
-use crate::tokenize::encode;
+use crate::plan::KvArg;
 
 /// The pipeline options of `glimpse run` (flattened into its arguments).
 #[derive(Debug, Clone, clap::Args)]
@@ -53,157 +49,6 @@ pub fn load_picture(path: &Path) -> Result<Picture> {
 /// A host arena: a buffer with room for the plan from its first aligned byte.
 pub fn arena_for(plan: &ArenaPlan) -> Vec<u8> {
     vec![0u8; plan.total() + ALIGN - 1]
-}
-
-/// What a generation run needs besides the prompt.
-#[derive(Clone, Debug)]
-pub struct GenerateOptions {
-    /// Most tokens to generate (a stop token counts and ends the run).
-    pub max_tokens: usize,
-    /// Sampling settings.
-    pub sampler: SamplerConfig,
-    /// Ids that end generation.
-    pub stops: StopTokens,
-    /// How activations meet Q8_0 weights.
-    pub activations: Q8Activations,
-}
-
-/// Timings of one run.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Stats {
-    /// Prompt length in tokens.
-    pub prompt_tokens: usize,
-    /// Tokens generated (stop token included).
-    pub generated: usize,
-    /// Prefill start to the first sampled token, in milliseconds.
-    pub ttft_ms: f64,
-    /// Prompt tokens per second of prefill.
-    pub prefill_tok_s: f64,
-    /// Tokens per second over the single-token decode steps.
-    pub decode_tok_s: f64,
-}
-
-/// The result of [`generate`].
-#[derive(Clone, Debug)]
-pub struct Generation {
-    /// Generated ids, the stop token included when one ended the run.
-    pub tokens: Vec<u32>,
-    /// Whether a stop token ended the run (rather than `max_tokens`).
-    pub stopped: bool,
-    /// Timings.
-    pub stats: Stats,
-}
-
-/// Prefill `prompt` and generate up to `opts.max_tokens` tokens, calling `on_token` as
-/// each one is chosen: the decoder alone, without the Session API (which `glimpse run`
-/// uses), for tests that compare the decoder with a reference token by token. The arena is a `Vec<u8>` of exactly the size the decoder state
-/// asks for, for a context of prompt plus `max_tokens` (capped at the model's maximum).
-pub fn generate(
-    image: &Image<'_>,
-    prompt: &[u32],
-    opts: &GenerateOptions,
-    mut on_token: impl FnMut(u32) -> Result<()>,
-) -> Result<Generation> {
-    if prompt.is_empty() {
-        bail!("the prompt has no tokens");
-    }
-    let dec = Decoder::new(image)?.with_q8_activations(opts.activations);
-    let cfg = dec.config();
-    let vocab = cfg.vocab as usize;
-    let want = prompt.len() + opts.max_tokens;
-    let max_ctx = want.min(cfg.max_positions.max(1) as usize);
-    if prompt.len() >= max_ctx && opts.max_tokens > 0 {
-        bail!(
-            "the prompt ({} tokens) fills the model's context ({} positions)",
-            prompt.len(),
-            cfg.max_positions
-        );
-    }
-    let bytes = DecoderState::arena_bytes(
-        cfg,
-        max_ctx,
-        glimpse_core::decoder::DEFAULT_CHUNK.min(max_ctx),
-    )?;
-    let mut buf = vec![0u8; bytes];
-    let mut arena = Arena::new(&mut buf);
-    let mut st = DecoderState::new(&mut arena, &dec, max_ctx)?;
-    let mut sampler = Sampler::new(opts.sampler);
-    let mut scratch = vec![0u32; if opts.sampler.is_greedy() { 0 } else { vocab }];
-    let mut logits = vec![0f32; vocab];
-    let mut history: Vec<u32> = prompt.to_vec();
-    let mut tokens = Vec::new();
-    let mut stopped = false;
-
-    let t0 = Instant::now();
-    logits.copy_from_slice(st.prefill(prompt)?);
-    let t_prefill = t0.elapsed().as_secs_f64();
-    let mut ttft = 0.0;
-    let mut t_decode_start = Instant::now();
-    let mut steps = 0usize;
-    while tokens.len() < opts.max_tokens {
-        let id = sampler.sample(&mut logits, &history, &mut scratch)?;
-        if tokens.is_empty() {
-            ttft = t0.elapsed().as_secs_f64();
-            t_decode_start = Instant::now();
-        }
-        tokens.push(id);
-        history.push(id);
-        on_token(id)?;
-        if opts.stops.contains(id) {
-            stopped = true;
-            break;
-        }
-        if tokens.len() == opts.max_tokens || st.pos() >= max_ctx {
-            break;
-        }
-        logits.copy_from_slice(st.decode_one(id)?);
-        steps += 1;
-    }
-    let t_decode = t_decode_start.elapsed().as_secs_f64();
-    let rate = |n: usize, t: f64| if t > 0.0 { n as f64 / t } else { 0.0 };
-    Ok(Generation {
-        stats: Stats {
-            prompt_tokens: prompt.len(),
-            generated: tokens.len(),
-            ttft_ms: ttft * 1e3,
-            prefill_tok_s: rate(prompt.len(), t_prefill),
-            decode_tok_s: rate(steps, t_decode),
-        },
-        tokens,
-        stopped,
-    })
-}
-
-/// Prompt ids for `--tokens`, `--raw`, or a template-less model without a picture (the
-/// chat-templated path tokenizes in the core).
-fn direct_ids(
-    a: &RunArgs,
-    tok: Option<&Tokenizer<'_>>,
-    image: &Image<'_>,
-) -> Result<Option<Vec<u32>>> {
-    if let Some(ids) = &a.tokens {
-        return Ok(Some(ids.clone()));
-    }
-    let no_template = image
-        .config()
-        .tokenizer
-        .as_ref()
-        .is_none_or(|t| matches!(t.chat, ChatTemplate::None));
-    let raw = a.raw || (no_template && a.pipeline.picture.is_none());
-    let (Some(tok), true) = (tok, raw) else {
-        return Ok(None);
-    };
-    let mut ids = Vec::new();
-    if tok.add_bos() {
-        ids.extend(tok.bos());
-    }
-    // Raw prompts are the user's own text: control-token spellings stay text.
-    ids.extend(encode(
-        tok,
-        a.prompt.as_deref().unwrap_or_default(),
-        Specials::Plain,
-    )?);
-    Ok(Some(ids))
 }
 
 /// Keeps what a run generates: the ids and the text bytes.
@@ -255,7 +100,9 @@ impl TokenSink for StdoutSink {
     }
 }
 
-/// The session options of `a` for `image` and an optional picture.
+/// The session options of `a` for `image` and an optional picture: the core's defaults
+/// for the model, picture and prompt ([`SessionOptions::for_model`], which the firmwares
+/// use too), with what the flags change.
 pub fn session_options(
     a: &RunArgs,
     image: &Image<'_>,
@@ -272,21 +119,37 @@ pub fn session_options(
     };
     let prompt_bytes =
         a.prompt.as_deref().map_or(0, str::len) + a.system.as_deref().map_or(0, str::len);
-    SessionOptions {
-        plan: PlanOptions {
-            resolution: p.image_size,
-            max_context: p.context.unwrap_or_else(|| default_context(image)),
-            kv: p.kv.into(),
-            chunk: DEFAULT_CHUNK,
-            max_frame_side: picture.map_or(DEFAULT_MAX_FRAME_SIDE, |pic| pic.width.max(pic.height)),
-            max_prompt_bytes: prompt_bytes.max(1),
-            sampling: !sampler.is_greedy(),
-            vision: picture.is_some(),
-        },
-        sampler,
-        max_new_tokens: a.max_tokens,
-        stop: None,
-        q8_activations: a.activations.into(),
+    let frame_side = picture.map(|pic| pic.width.max(pic.height));
+    let mut o = SessionOptions::for_model(image, frame_side, prompt_bytes).with_sampler(sampler);
+    o.plan.resolution = p.image_size;
+    if let Some(c) = p.context {
+        o.plan.max_context = c;
+    }
+    o.plan.kv = p.kv.into();
+    o.max_new_tokens = a.max_tokens;
+    o.q8_activations = a.activations.into();
+    o
+}
+
+/// The prompt of `a`: `--tokens` as ids, `--raw` (or a template-less model asked
+/// without a picture) as text tokenized as it is, else a chat turn.
+fn prompt_of<'p>(a: &'p RunArgs, image: &Image<'_>, picture: bool) -> Prompt<'p> {
+    if let Some(ids) = &a.tokens {
+        return Prompt::Ids(ids);
+    }
+    let no_template = image
+        .config()
+        .tokenizer
+        .as_ref()
+        .is_none_or(|t| matches!(t.chat, ChatTemplate::None));
+    let text = a.prompt.as_deref().unwrap_or_default();
+    if a.raw || (no_template && !picture) {
+        Prompt::Text(text)
+    } else {
+        Prompt::Chat {
+            system: a.system.as_deref(),
+            user: text,
+        }
     }
 }
 
@@ -315,8 +178,7 @@ pub fn run(a: &RunArgs) -> Result<ExitCode> {
             Some(load_picture(p)?)
         }
     };
-    let direct = direct_ids(a, tok.as_ref(), &image)?;
-    if direct.is_none() && tok.is_none() {
+    if tok.is_none() && a.tokens.is_none() {
         bail!(
             "{} carries no tokenizer: pass the prompt as --tokens",
             a.image.display()
@@ -339,19 +201,11 @@ pub fn run(a: &RunArgs) -> Result<ExitCode> {
         ids_only: tok.is_none(),
     };
     let frame = picture.as_ref().map(Picture::frame);
-    let report = match &direct {
-        Some(ids) => session.generate_ids(ids, frame.map(ImageInput::Frame), &mut sink)?,
-        None => session.ask_turn(
-            frame,
-            a.system.as_deref(),
-            a.prompt.as_deref().unwrap_or_default(),
-            &mut sink,
-        )?,
-    };
+    let prompt = prompt_of(a, &image, picture.is_some());
+    let report = session.run(prompt, frame.map(ImageInput::Frame), &mut sink)?;
     let prompt_ids: Vec<i64> = session
-        .history()
+        .prompt_ids()
         .iter()
-        .take(report.prompt_ids)
         .map(|&id| {
             if id == IMAGE_SENTINEL {
                 -200

@@ -142,6 +142,38 @@ impl<'a> KvCache<'a> {
         })
     }
 
+    /// [`KvCache::with_format`] over bytes that already hold a cache from an earlier use
+    /// of the same region (same layers, context, width and format): nothing is zeroed,
+    /// so the positions written before are still there. Positions past the ones written
+    /// are never read (attention reads a prefix after storing into it).
+    pub fn kept(
+        arena: &mut Arena<'a>,
+        layers: usize,
+        max_context: usize,
+        kv_dim: usize,
+        format: KvFormat,
+    ) -> Result<Self, Error> {
+        let bytes = Self::tensor_bytes_as(layers, max_context, kv_dim, format);
+        arena.check(padded(bytes).saturating_mul(2))?;
+        let elems = bytes / format.bytes();
+        let store = match format {
+            KvFormat::F32 => Store::F32 {
+                k: arena.kept(elems)?,
+                v: arena.kept(elems)?,
+            },
+            KvFormat::F16 => Store::F16 {
+                k: arena.kept(elems)?,
+                v: arena.kept(elems)?,
+            },
+        };
+        Ok(KvCache {
+            store,
+            layers,
+            max_context,
+            kv_dim,
+        })
+    }
+
     /// Positions the cache holds.
     pub fn max_context(&self) -> usize {
         self.max_context

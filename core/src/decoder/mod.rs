@@ -412,6 +412,32 @@ impl<'a, 'w> DecoderState<'a, 'w> {
             .fold(0usize, |a, &b| a.saturating_add(padded(b))))
     }
 
+    /// Bytes of the KV cache alone (its two tensors, each padded), for a planned region
+    /// of its own ([`DecoderState::with_regions`]).
+    pub fn kv_padded_bytes(
+        config: &DecoderConfig,
+        max_context: usize,
+        format: KvFormat,
+    ) -> Result<usize, Error> {
+        let s = Shape::from_config(config)?;
+        let [k, v, ..] = plan(&s, max_context, 1, format);
+        Ok(padded(k).saturating_add(padded(v)))
+    }
+
+    /// Bytes of everything but the KV cache (activations, scores, logits, scratch), each
+    /// padded: the other region of [`DecoderState::with_regions`].
+    pub fn work_padded_bytes(
+        config: &DecoderConfig,
+        max_context: usize,
+        chunk: usize,
+    ) -> Result<usize, Error> {
+        let s = Shape::from_config(config)?;
+        Ok(plan(&s, max_context, chunk.max(1), KvFormat::F32)
+            .iter()
+            .skip(2)
+            .fold(0usize, |a, &b| a.saturating_add(padded(b))))
+    }
+
     /// A state for up to `max_context` positions, prefilling [`DEFAULT_CHUNK`] (or
     /// `max_context`, if smaller) positions at a time.
     pub fn new(
@@ -453,6 +479,50 @@ impl<'a, 'w> DecoderState<'a, 'w> {
                 .iter()
                 .fold(0usize, |a, &b| a.saturating_add(padded(b))),
         )?;
+        let kv = KvCache::with_format(arena, s.layers, max_context, s.heads.kv_dim(), format)?;
+        Self::carve_work(kv, arena, decoder, max_context, chunk, format)
+    }
+
+    /// A state whose KV cache is carved from `kv` and everything else from `work`: two
+    /// planned regions, so the cache can live longer than the work buffers (a session
+    /// keeps it between calls; see [`DecoderState::resume_at`]). The cache's bytes are
+    /// taken as they are ([`KvCache::kept`]), not zeroed.
+    pub fn with_regions(
+        kv: &mut Arena<'a>,
+        work: &mut Arena<'a>,
+        decoder: &Decoder<'w>,
+        max_context: usize,
+        chunk: usize,
+        format: KvFormat,
+    ) -> Result<Self, Error> {
+        if max_context == 0 || chunk == 0 {
+            return Err(Error::Config {
+                what: "max_context and the prefill chunk must be non-zero",
+            });
+        }
+        let s = decoder.shape;
+        let sizes = plan(&s, max_context, chunk, format);
+        let [k, v, rest @ ..] = sizes;
+        kv.check(padded(k).saturating_add(padded(v)))?;
+        work.check(
+            rest.iter()
+                .fold(0usize, |a, &b| a.saturating_add(padded(b))),
+        )?;
+        let cache = KvCache::kept(kv, s.layers, max_context, s.heads.kv_dim(), format)?;
+        Self::carve_work(cache, work, decoder, max_context, chunk, format)
+    }
+
+    /// Carve the work buffers of a state around `kv` (sizes checked by the caller).
+    fn carve_work(
+        kv: KvCache<'a>,
+        arena: &mut Arena<'a>,
+        decoder: &Decoder<'w>,
+        max_context: usize,
+        chunk: usize,
+        format: KvFormat,
+    ) -> Result<Self, Error> {
+        let s = decoder.shape;
+        let sizes = plan(&s, max_context, chunk, format);
         let [
             _,
             _,
@@ -469,7 +539,6 @@ impl<'a, 'w> DecoderState<'a, 'w> {
             new_k,
             new_v,
         ] = sizes;
-        let kv = KvCache::with_format(arena, s.layers, max_context, s.heads.kv_dim(), format)?;
         Ok(DecoderState {
             dec: *decoder,
             kv,
@@ -513,6 +582,20 @@ impl<'a, 'w> DecoderState<'a, 'w> {
     /// Start a new sequence (the cache is overwritten as it refills).
     pub fn reset(&mut self) {
         self.pos = 0;
+    }
+
+    /// Continue after `pos` positions already in the cache: the cache's bytes hold them
+    /// from an earlier state over the same region, with the same decoder, context and
+    /// format (what a session keeps between calls). Past the context is an error.
+    pub fn resume_at(&mut self, pos: usize) -> Result<(), Error> {
+        if pos > self.max_context() {
+            return Err(Error::ContextOverflow {
+                needed: pos,
+                max: self.max_context(),
+            });
+        }
+        self.pos = pos;
+        Ok(())
     }
 
     /// Forget every position from `pos` on (no-op if `pos` is not before the current

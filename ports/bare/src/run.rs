@@ -11,20 +11,15 @@
 //! ports promise the host's tokens.
 
 use glimpse_core::Image;
-use glimpse_core::arena::{ALIGN, Arena};
-use glimpse_core::decoder::{DEFAULT_CHUNK, KvFormat};
-use glimpse_core::planner::{ArenaPlan, Buf, DEFAULT_CONTEXT, DEFAULT_MAX_FRAME_SIDE, PlanOptions};
-use glimpse_core::session::{Session, SessionOptions};
-use glimpse_core::tokenizer::{Specials, Tokenizer, Workspace};
+use glimpse_core::arena::ALIGN;
+use glimpse_core::decoder::KvFormat;
+use glimpse_core::planner::ArenaPlan;
+use glimpse_core::session::{ImageInput, Prompt, Session, SessionOptions};
 use glimpse_hal::{MonotonicClock, TokenSink};
 use glimpse_quant::layout::ChatTemplate;
 
 use crate::error::Error;
 use crate::request::Request;
-
-/// Longest pre-tokenized piece (a run of spaces or digits, a word) the device tokenizes;
-/// prompts come from a host, so this is a buffer size, not a limit users meet.
-pub const MAX_PIECE_BYTES: usize = 1024;
 
 /// A free-running counter the run is measured with: retired instructions where the port
 /// can count them (QEMU with `-icount`), cycles or ticks elsewhere, 0 when there is none.
@@ -96,14 +91,6 @@ pub struct Report<'a> {
     pub counts: Phases,
 }
 
-/// `n` zeroed `u32`s from the arena.
-fn u32s<'a>(arena: &mut Arena<'a>, n: usize) -> Result<&'a mut [u32], Error> {
-    let bytes = arena.bytes(n.saturating_mul(4))?;
-    // Arena blocks start on a 64-byte boundary and `bytes` is 4n long, so this cannot
-    // fail; an error is still an error, not a panic.
-    bytemuck::try_cast_slice_mut(bytes).map_err(|_| Error::Unsupported("arena alignment"))
-}
-
 /// The firmware's counter as the session's clock: the session's "microseconds" are then
 /// counter ticks (instructions under QEMU), and its per-phase timings are the counts.
 struct CounterClock<'c, C>(&'c mut C);
@@ -120,69 +107,17 @@ fn is_raw(req: &Request<'_>, template: &ChatTemplate) -> bool {
     req.raw || (matches!(template, ChatTemplate::None) && req.frame.is_none())
 }
 
-/// The session options `glimpse run` uses by default for `req` on `image`
-/// (tools/src/run.rs `session_options`): keep the two in step.
+/// The session options for `req` on `image`: the core's defaults for the model, the
+/// frame and the prompt ([`SessionOptions::for_model`], which `glimpse run` starts from
+/// too), with the request's sampler and token budget.
 fn session_options(req: &Request<'_>, image: &Image<'_>) -> SessionOptions {
-    let max_context = image
-        .config()
-        .decoder
-        .as_ref()
-        .map_or(DEFAULT_CONTEXT, |d| {
-            DEFAULT_CONTEXT.min(d.max_positions.max(1) as usize)
-        });
     let prompt_bytes = req.prompt.len() + req.system.map_or(0, str::len);
+    let frame_side = req.frame.as_ref().map(|f| f.width.max(f.height));
     SessionOptions {
-        plan: PlanOptions {
-            resolution: None,
-            max_context,
-            kv: KvFormat::F16,
-            chunk: DEFAULT_CHUNK,
-            max_frame_side: req
-                .frame
-                .as_ref()
-                .map_or(DEFAULT_MAX_FRAME_SIDE, |f| f.width.max(f.height)),
-            max_prompt_bytes: prompt_bytes.max(1),
-            sampling: !req.sampler.is_greedy(),
-            vision: req.frame.is_some(),
-        },
-        sampler: req.sampler,
         max_new_tokens: req.max_tokens as usize,
-        stop: None,
-        // W8A8: the request blob has no field for it yet.
-        q8_activations: Default::default(),
+        // W8A8: the request blob has no field for the activations yet.
+        ..SessionOptions::for_model(image, frame_side, prompt_bytes).with_sampler(req.sampler)
     }
-}
-
-/// Tokenize a raw prompt (BOS when the tokenizer adds one, control-token spellings kept
-/// as text, as `glimpse run --raw` does) into ids carved from `arena`.
-fn raw_ids<'a>(
-    tok: &Tokenizer<'_>,
-    prompt: &str,
-    arena: &mut Arena<'a>,
-) -> Result<&'a [u32], Error> {
-    // Ids never outnumber the bytes of the NFC form (at most three times the text) plus BOS.
-    let ids = u32s(arena, prompt.len().saturating_mul(3).saturating_add(2))?;
-    let mut n = 0;
-    if tok.add_bos()
-        && let (Some(bos), Some(slot)) = (tok.bos(), ids.first_mut())
-    {
-        *slot = bos;
-        n = 1;
-    }
-    let n = arena.scope(|a| -> Result<usize, Error> {
-        let piece = u32s(a, 2 * MAX_PIECE_BYTES)?;
-        // NFC can grow text up to threefold; only tokenizers that normalize need the room.
-        let norm = a.bytes(if tok.normalizes() {
-            3 * prompt.len() + 16
-        } else {
-            0
-        })?;
-        let mut ws = Workspace::new(piece, norm);
-        let out = ids.get_mut(n..).unwrap_or(&mut []);
-        Ok(n + tok.encode(prompt, Specials::Plain, &mut ws, out)?)
-    })?;
-    let ids: &'a [u32] = ids;
-    Ok(ids.get(..n).unwrap_or(&[]))
 }
 
 /// Run `req` against the weights image in `weights`, streaming every generated token to
@@ -219,48 +154,19 @@ pub fn run_request<'a, S: TokenSink, C: Counter>(
     let opts = session_options(req, &image);
     let plan = ArenaPlan::new(&image, &opts.plan)?;
     let capacity = arena.len();
-    // The session takes the front of the arena from its first aligned byte, exactly as
-    // planned; a raw prompt's ids and tokenizer scratch come from what is left after it.
     let pad = arena.as_ptr().align_offset(ALIGN).min(ALIGN);
-    let session_len = plan.total().saturating_add(pad);
-    if session_len > capacity {
-        return Err(Error::Core(glimpse_core::Error::Arena {
-            needed: session_len,
-            capacity,
-        }));
-    }
-    let (front, rest) = arena.split_at_mut(session_len);
-    let mut rest = Arena::new(rest);
-    let tok = if raw {
-        Some(Tokenizer::from_image(&image)?)
+    let mut session = Session::new(&image, arena, CounterClock(&mut *counter), opts)?;
+    let prompt = if raw {
+        Prompt::Text(req.prompt)
     } else {
-        None
+        Prompt::Chat {
+            system: req.system,
+            user: req.prompt,
+        }
     };
-    let ids = match &tok {
-        Some(tok) => raw_ids(tok, req.prompt, &mut rest)?,
-        None => &[],
-    };
-    let arena_used = session_len.saturating_add(rest.peak());
-
-    let mut session = Session::new(&image, &mut *front, CounterClock(&mut *counter), opts)?;
-    let report = if raw {
-        session.generate_ids(ids, None, sink)?
-    } else {
-        session.ask_turn(req.frame, req.system, req.prompt, sink)?
-    };
-    drop(session);
+    let report = session.run(prompt, req.frame.map(ImageInput::Frame), sink)?;
+    let tokens = session.into_generated();
     let t3 = counter.read();
-
-    // The generated ids follow the prompt ids in the session's ids buffer.
-    let front: &'a [u8] = front;
-    let ids_buf = front
-        .get(pad..)
-        .and_then(|a| a.get(plan.range(Buf::Ids)))
-        .unwrap_or(&[]);
-    let history: &'a [u32] = bytemuck::try_cast_slice(ids_buf).unwrap_or(&[]);
-    let tokens = history
-        .get(report.prompt_ids..report.prompt_ids.saturating_add(report.generated))
-        .unwrap_or(&[]);
 
     let t = report.timings;
     let vision = t
@@ -279,7 +185,7 @@ pub fn run_request<'a, S: TokenSink, C: Counter>(
         image_tokens: report.image_tokens,
         tokens,
         stopped: report.stopped,
-        arena_peak: arena_used,
+        arena_peak: plan.total().saturating_add(pad),
         arena_capacity: capacity,
         weights_bytes: weights.len(),
         context: plan.options.max_context,
