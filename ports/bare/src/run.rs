@@ -3,12 +3,14 @@
 //! the host's `glimpse run` plans it, streaming every token to a [`TokenSink`] and
 //! counting each phase.
 //!
-//! [`run_request`] is the single place a firmware turns a request into tokens. It chooses
-//! exactly the session options `glimpse run` chooses by default for the same request
-//! (native resolution, a context of the model's maximum capped at the planner's default,
-//! f16 KV, the default prefill chunk, prompt and frame bounds from the request itself), so
-//! host and firmware run the same plan and arithmetic, which is what lets the simulated
-//! ports promise the host's tokens.
+//! [`run_request`] is the single place a firmware turns a request into tokens. Its
+//! session options come from the core's [`SessionOptions::for_model`], the defaults
+//! `glimpse run` starts from too (native resolution, a context of the model's maximum
+//! capped at the planner's default, f16 KV, the default prefill chunk, prompt and frame
+//! bounds from the request itself), so host and firmware run the same plan and
+//! arithmetic, which is what lets the simulated ports promise the host's tokens. The
+//! prompt goes to [`Session::run`] as a chat turn, or as raw text; the generated ids are
+//! read back through the session.
 
 use glimpse_core::Image;
 use glimpse_core::arena::ALIGN;
@@ -76,8 +78,8 @@ pub struct Report<'a> {
     pub tokens: &'a [u32],
     /// Whether a stop token ended the run (rather than the token budget).
     pub stopped: bool,
-    /// Arena bytes the run was planned for and used (the session's plan, plus the raw
-    /// prompt's tokenizer scratch when there is one).
+    /// Arena bytes the run was planned for and used (the session's plan, plus the
+    /// padding to its first aligned byte).
     pub arena_peak: usize,
     /// Arena size.
     pub arena_capacity: usize,
