@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::ValueEnum;
 
 pub mod bench;
+pub mod chat;
 pub mod convert;
 pub mod demo;
 pub mod encode;
@@ -16,6 +17,7 @@ pub mod npy;
 pub mod plan;
 pub mod run;
 pub mod sim;
+pub mod stream;
 pub mod tokenize;
 
 /// Format of quantized matrices in a converted image.

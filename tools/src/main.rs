@@ -32,6 +32,11 @@ enum Command {
     Run(glimpse_tools::RunArgs),
     /// Encode text with an image's tokenizer and print the ids.
     Tokenize(glimpse_tools::TokenizeArgs),
+    /// A multi-turn chat in the terminal (or one turn per stdin line), the KV cache kept.
+    Chat(glimpse_tools::chat::ChatArgs),
+    /// Live captioning: caption a frame sequence (directory, GIF/APNG, raw RGB24 on stdin)
+    /// with the prompt prefix kept and unchanged frames skipped.
+    Stream(glimpse_tools::stream::StreamArgs),
     /// Run an image on a simulated bare-metal board in QEMU (qemu-virt, mps3-an547).
     Sim(glimpse_tools::sim::SimArgs),
     /// The arena a run needs, per buffer and per phase; emit it for firmware builds.
@@ -53,6 +58,8 @@ fn main() -> ExitCode {
         Command::Logits(a) => glimpse_tools::logits::run(&a),
         Command::Run(a) => glimpse_tools::run::run(&a),
         Command::Tokenize(a) => glimpse_tools::tokenize::run(&a),
+        Command::Chat(a) => glimpse_tools::chat::run(&a),
+        Command::Stream(a) => glimpse_tools::stream::run(&a),
         Command::Sim(a) => glimpse_tools::sim::run(&a),
         Command::Plan(a) => glimpse_tools::plan::run(&a),
         Command::Bench(a) => glimpse_tools::bench::run(&a),

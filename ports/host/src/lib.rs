@@ -8,6 +8,7 @@ pub mod clock;
 pub mod cpu;
 pub mod picture;
 pub mod pool;
+pub mod video;
 
 pub use clock::HostClock;
 pub use picture::{Picture, PictureError, PictureFiles};
