@@ -13,7 +13,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use clap::ValueEnum;
 use glimpse_bare::console::{INSTRUCTIONS_PREFIX, TOKENS_PREFIX, VOLATILE_PREFIXES};
 use glimpse_bare::memory::{self, MemoryMap};
@@ -111,8 +111,21 @@ pub struct SimArgs {
     #[arg(long)]
     pub raw: bool,
     /// A PNG or JPEG picture, sent as an RGB888 frame (VLM images).
-    #[arg(long = "image", value_name = "FILE")]
+    #[arg(long = "image", value_name = "FILE", conflicts_with_all = ["frames", "video"])]
     pub picture: Option<PathBuf>,
+    /// A frame stream from a directory of pictures (name order), placed in guest memory
+    /// as a frame ring the firmware captions frame by frame (all of one size).
+    #[arg(long, value_name = "DIR", conflicts_with = "video")]
+    pub frames: Option<PathBuf>,
+    /// A frame stream from an animated GIF or APNG.
+    #[arg(long, value_name = "FILE")]
+    pub video: Option<PathBuf>,
+    /// Streams: skip frames that changed less than this since the last captioned one.
+    #[arg(long, default_value_t = crate::stream::DEFAULT_MIN_CHANGE, value_name = "X")]
+    pub min_change: f32,
+    /// Streams: prefill the whole prompt for every frame (to compare counts).
+    #[arg(long)]
+    pub no_prefix_reuse: bool,
     /// Most tokens to generate.
     #[arg(long, default_value_t = 16)]
     pub max_tokens: u32,
@@ -157,6 +170,8 @@ pub struct SimOptions {
     pub raw: bool,
     /// RGB888 frame: width, height, pixels.
     pub frame: Option<(usize, usize, Vec<u8>)>,
+    /// A frame stream instead of one frame.
+    pub frames: Option<SimStream>,
     /// Most tokens to generate.
     pub max_tokens: u32,
     /// Sampling.
@@ -179,6 +194,7 @@ impl SimOptions {
             system: None,
             raw: false,
             frame: None,
+            frames: None,
             max_tokens: 16,
             sampler: SamplerConfig::default(),
             timeout: Duration::from_secs(600),
@@ -205,6 +221,47 @@ impl SimOutcome {
     /// The generated ids (the firmware's `tokens:` line), if it printed them.
     pub fn tokens(&self) -> Option<Vec<u32>> {
         parse_tokens(&self.output)
+    }
+
+    /// A stream's per-frame lines: `None` for a skipped frame, else the caption's ids.
+    pub fn frame_tokens(&self) -> Vec<Option<Vec<u32>>> {
+        let mut out = Vec::new();
+        let mut lines = self.output.lines().peekable();
+        while let Some(line) = lines.next() {
+            if !line.starts_with("frame ") || !line.contains(": ") {
+                continue;
+            }
+            if line.contains(": skipped (change ") {
+                out.push(None);
+                continue;
+            }
+            // The caption may span lines; its ids follow on the first `tokens:` line.
+            for l in lines.by_ref() {
+                if l.starts_with(TOKENS_PREFIX) {
+                    out.push(parse_tokens(l));
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// A stream's per-frame counts, in frame order (captioned frames only).
+    pub fn frame_counts(&self) -> Vec<(u64, usize)> {
+        self.output
+            .lines()
+            .filter_map(|l| l.strip_prefix("count: "))
+            .filter_map(|l| {
+                let count = l.split_whitespace().next()?.parse().ok()?;
+                let reused = l
+                    .rsplit("reused ")
+                    .next()?
+                    .trim_end_matches(')')
+                    .parse()
+                    .ok()?;
+                Some((count, reused))
+            })
+            .collect()
     }
 
     /// The total instruction count the firmware printed.
@@ -364,13 +421,88 @@ pub fn qemu_available(port: Port) -> bool {
     on_path(port.qemu())
 }
 
+/// RGB888 frames of one size for a stream request.
+#[derive(Clone, Debug)]
+pub struct SimStream {
+    /// Pixels per row.
+    pub width: usize,
+    /// Rows.
+    pub height: usize,
+    /// Each frame's `width * height * 3` bytes.
+    pub frames: Vec<Vec<u8>>,
+    /// The change gate.
+    pub min_change: f32,
+    /// Keep the prompt prefix from frame to frame.
+    pub keep_prefix: bool,
+}
+
+impl SimStream {
+    /// Frames from pictures, which must all have the first one's size (at least two).
+    pub fn new(
+        pictures: Vec<glimpse_host::Picture>,
+        min_change: f32,
+        keep_prefix: bool,
+    ) -> Result<Self> {
+        let first = pictures.first().context("a stream needs frames")?;
+        let (width, height) = (first.width, first.height);
+        ensure!(
+            pictures.len() >= 2,
+            "a stream needs at least two frames (one picture: use --image)"
+        );
+        for (i, p) in pictures.iter().enumerate() {
+            ensure!(
+                (p.width, p.height) == (width, height),
+                "frame {i} is {}x{}, the stream's frames are {width}x{height}",
+                p.width,
+                p.height
+            );
+        }
+        Ok(SimStream {
+            width,
+            height,
+            frames: pictures.into_iter().map(|p| p.rgb).collect(),
+            min_change,
+            keep_prefix,
+        })
+    }
+
+    /// The frames laid out as the request's frame ring.
+    fn ring(&self) -> Vec<u8> {
+        let len = self.width * self.height * 3;
+        let stride = len.next_multiple_of(glimpse_bare::request::FRAME_ALIGN);
+        let mut ring = vec![0u8; stride * (self.frames.len() - 1) + len];
+        for (i, f) in self.frames.iter().enumerate() {
+            ring[i * stride..i * stride + len].copy_from_slice(f);
+        }
+        ring
+    }
+}
+
 fn request_blob(opts: &SimOptions, weights_len: u64) -> Result<Vec<u8>> {
-    let frame = opts.frame.as_ref().map(|(w, h, data)| Frame {
-        width: *w,
-        height: *h,
-        format: PixelFormat::Rgb888,
-        data,
-    });
+    let ring = opts.frames.as_ref().map(SimStream::ring);
+    let stream = match (&opts.frames, &ring) {
+        (Some(s), Some(data)) => Some(glimpse_bare::request::Stream {
+            frames: glimpse_bare::request::FrameRing {
+                width: s.width,
+                height: s.height,
+                format: PixelFormat::Rgb888,
+                count: s.frames.len(),
+                data,
+            },
+            min_change: s.min_change,
+            keep_prefix: s.keep_prefix,
+        }),
+        _ => None,
+    };
+    let frame = match &stream {
+        Some(s) => s.frames.frame(0),
+        None => opts.frame.as_ref().map(|(w, h, data)| Frame {
+            width: *w,
+            height: *h,
+            format: PixelFormat::Rgb888,
+            data,
+        }),
+    };
     let req = Request {
         prompt: &opts.prompt,
         system: opts.system.as_deref(),
@@ -379,6 +511,7 @@ fn request_blob(opts: &SimOptions, weights_len: u64) -> Result<Vec<u8>> {
         sampler: opts.sampler,
         weights_len,
         frame,
+        stream,
     };
     let mut blob = vec![0u8; req.encoded_len()?];
     req.encode(&mut blob)?;
@@ -618,6 +751,16 @@ pub fn run(a: &SimArgs) -> Result<ExitCode> {
     opts.system = a.system.clone();
     opts.raw = a.raw;
     opts.frame = a.picture.as_deref().map(load_picture).transpose()?;
+    let pictures = match (&a.frames, &a.video) {
+        (Some(dir), _) => {
+            Some(glimpse_host::video::directory_frames(dir)?.collect::<Result<Vec<_>, _>>()?)
+        }
+        (None, Some(file)) => Some(glimpse_host::video::animation_frames(file)?),
+        (None, None) => None,
+    };
+    opts.frames = pictures
+        .map(|p| SimStream::new(p, a.min_change, !a.no_prefix_reuse))
+        .transpose()?;
     opts.max_tokens = a.max_tokens;
     opts.sampler = SamplerConfig {
         temperature: a.temp,

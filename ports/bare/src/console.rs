@@ -15,7 +15,21 @@
 //! ```
 //!
 //! With a camera frame the prompt line also counts the image tokens spliced in
-//! (`prompt: 20 tokens + 64 image tokens; ...`).
+//! (`prompt: 20 tokens + 64 image tokens; ...`). A frame stream prints, per frame, its
+//! caption and ids (or that it was skipped) and its count, then a summary:
+//!
+//! ```text
+//! request: 19 prompt bytes, max 32 tokens, greedy, stream of 5 frames (min change 0.002, prefix kept)
+//! frame 0: a large red circle below two small orange triangles
+//! tokens: 68,273,...
+//! count: 41234567 (prefilled 40 positions, reused 0)
+//! frame 1: skipped (change 0.0000)
+//! ...
+//! stream: 5 frames, 3 captioned, 2 skipped
+//! model: tiny-fastvlm
+//! stats: arena ...
+//! instructions: 123456789 (verify 1, first frame 2, later frames 3, mean 1.5) [source]
+//! ```
 //!
 //! Lines starting with one of [`VOLATILE_PREFIXES`] change with the code rather than with
 //! the request (instruction counts, arena sizes); golden files leave them out.
@@ -27,7 +41,9 @@ use glimpse_hal::{ErrorKind, ErrorType, TokenSink};
 use crate::error::Error;
 use crate::memory::MemoryMap;
 use crate::request::Request;
-use crate::run::{Counter, Report, run_request};
+use crate::run::{
+    Counter, FrameObserver, FrameOutcome, Report, StreamReport, run_request, run_stream,
+};
 
 /// Exit codes a firmware reports through semihosting.
 pub mod exit {
@@ -42,7 +58,7 @@ pub mod exit {
 }
 
 /// Prefixes of output lines that golden files do not pin.
-pub const VOLATILE_PREFIXES: [&str; 2] = ["stats:", "instructions:"];
+pub const VOLATILE_PREFIXES: [&str; 3] = ["stats:", "instructions:", "count:"];
 
 /// Prefix of the line listing the generated ids.
 pub const TOKENS_PREFIX: &str = "tokens:";
@@ -159,6 +175,101 @@ fn print_report<W: Write>(
     )
 }
 
+/// A stream's console: each captioned frame's text after `frame N: `, then its ids and
+/// count; a skipped frame on one line.
+struct StreamConsole<'w, W> {
+    out: &'w mut W,
+    next: usize,
+    started: bool,
+}
+
+impl<W: Write> ErrorType for StreamConsole<'_, W> {
+    type Error = WriteError;
+}
+
+impl<W: Write> StreamConsole<'_, W> {
+    fn start(&mut self) -> Result<(), WriteError> {
+        if !self.started {
+            self.started = true;
+            write!(self.out, "frame {}: ", self.next).map_err(|_| WriteError)?;
+        }
+        Ok(())
+    }
+}
+
+impl<W: Write> TokenSink for StreamConsole<'_, W> {
+    fn token(&mut self, _id: u32, bytes: &[u8]) -> Result<(), WriteError> {
+        self.start()?;
+        let r = match core::str::from_utf8(bytes) {
+            Ok(s) => self.out.write_str(s),
+            Err(_) => self.out.write_char(char::REPLACEMENT_CHARACTER),
+        };
+        r.map_err(|_| WriteError)
+    }
+}
+
+impl<W: Write> FrameObserver for StreamConsole<'_, W> {
+    fn frame(&mut self, o: &FrameOutcome<'_>) -> Result<(), Error> {
+        let io = |_| Error::Sink(ErrorKind::Io);
+        if o.skipped {
+            writeln!(
+                self.out,
+                "frame {}: skipped (change {:.4})",
+                o.index, o.change
+            )
+            .map_err(io)?;
+        } else {
+            self.start().map_err(|_| Error::Sink(ErrorKind::Io))?;
+            writeln!(self.out).map_err(io)?;
+            self.out.write_str(TOKENS_PREFIX).map_err(io)?;
+            for (i, id) in o.tokens.iter().enumerate() {
+                write!(self.out, "{}{id}", if i == 0 { " " } else { "," }).map_err(io)?;
+            }
+            writeln!(self.out).map_err(io)?;
+            writeln!(
+                self.out,
+                "count: {} (prefilled {} positions, reused {})",
+                o.count, o.prefilled, o.reused
+            )
+            .map_err(io)?;
+        }
+        self.next = o.index + 1;
+        self.started = false;
+        Ok(())
+    }
+}
+
+fn print_stream_report<W: Write>(
+    out: &mut W,
+    map: &MemoryMap,
+    r: &StreamReport,
+    counter_source: &str,
+) -> fmt::Result {
+    writeln!(
+        out,
+        "stream: {} frames, {} captioned, {} skipped",
+        r.frames, r.captioned, r.skipped
+    )?;
+    writeln!(out, "model: {}", r.model)?;
+    writeln!(
+        out,
+        "stats: arena {} of {} bytes (session plan and one capture buffer), weights at {:#x}",
+        r.arena_peak, r.arena_capacity, map.weights.addr
+    )?;
+    let later = r.captioned.saturating_sub(1) as u64;
+    writeln!(
+        out,
+        "{INSTRUCTIONS_PREFIX} {} (verify {}, first frame {}, later frames {}, mean {}) [{counter_source}]",
+        r.verify
+            .saturating_add(r.first_frame)
+            .saturating_add(r.later_frames),
+        r.verify,
+        r.first_frame,
+        r.later_frames,
+        r.later_frames.checked_div(later).unwrap_or(0)
+    )
+}
+
 fn describe<W: Write>(out: &mut W, req: &Request<'_>) -> fmt::Result {
     write!(
         out,
@@ -178,6 +289,19 @@ fn describe<W: Write>(out: &mut W, req: &Request<'_>) -> fmt::Result {
     }
     if req.raw {
         out.write_str(", raw")?;
+    }
+    if let Some(s) = &req.stream {
+        write!(
+            out,
+            ", stream of {} frames (min change {}, prefix {})",
+            s.frames.count,
+            s.min_change,
+            if s.keep_prefix {
+                "kept"
+            } else {
+                "prefilled per frame"
+            }
+        )?;
     }
     writeln!(out)
 }
@@ -256,6 +380,15 @@ fn serve_inner<W: Write, C: Counter>(
             len: req.weights_len,
             window,
         })?;
+    if req.stream.is_some() {
+        let mut console = StreamConsole {
+            out: &mut *out,
+            next: 0,
+            started: false,
+        };
+        let report = run_stream(image, &req, arena, &mut console, counter)?;
+        return print_stream_report(out, map, &report, counter_source).map_err(io);
+    }
     let mut sink = ConsoleSink::new(&mut *out, "text: ");
     let report = run_request(image, &req, arena, &mut sink, counter)?;
     sink.start().map_err(|_| Error::Sink(ErrorKind::Io))?;

@@ -23,4 +23,7 @@ pub use console::{ConsoleSink, exit, serve};
 pub use error::Error;
 pub use memory::{MemoryMap, Window};
 pub use request::{Request, RequestError};
-pub use run::{Counter, NoCounter, Phases, Report, run_request};
+pub use run::{
+    Counter, FrameObserver, FrameOutcome, NoCounter, Phases, Report, StreamReport, run_request,
+    run_stream,
+};

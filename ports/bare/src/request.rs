@@ -1,11 +1,12 @@
 //! The request blob: what the host asks a firmware to run (prompt, sampling, an optional
-//! camera frame), written by `glimpse sim` into guest memory next to the weights image.
+//! camera frame or a ring of frames to caption as a stream), written by `glimpse sim`
+//! into guest memory next to the weights image.
 //!
 //! ```text
 //! offset 0   fixed header, HEADER_LEN bytes
 //!  0  [u8; 8]  magic
 //!  8  u16      version (VERSION)
-//! 10  u16      flags (FLAG_RAW, FLAG_SYSTEM)
+//! 10  u16      flags (FLAG_RAW, FLAG_SYSTEM, FLAG_NO_PREFIX_REUSE)
 //! 12  u32      total length of the blob, header included
 //! 16  u64      weights image length in bytes
 //! 24  u32      most tokens to generate
@@ -21,10 +22,17 @@
 //! 68  u32      frame width
 //! 72  u32      frame height
 //! 76  u8       frame pixel format (0 none, 1 RGB888, 2 RGB565)
-//! 77  ..92     reserved, zero
+//! 77  ..80     reserved, zero
+//! 80  u32      frames: 0 without a frame, 1 for one, N >= 2 for a stream of N
+//! 84  f32      stream: skip frames that changed less than this (0 captions all)
+//! 88  ..92     reserved, zero
 //! 92  u32      CRC-32 of bytes 0..92 followed by bytes HEADER_LEN..total
-//! 96  prompt (UTF-8), then the system prompt (UTF-8), then zero padding, then the frame
+//! 96  prompt (UTF-8), then the system prompt (UTF-8), then zero padding, then the frames
 //! ```
+//!
+//! A stream's frames all have the first frame's size and format and follow each other,
+//! each starting FRAME_ALIGN-aligned (stride: the frame's bytes rounded up to FRAME_ALIGN,
+//! zero padded): the frame ring the firmware's [`RingSource`] captures from.
 //!
 //! A fixed little-endian header rather than postcard: the firmware validates it before it
 //! trusts a single length, the same way the weights image's header is read, and a reader
@@ -42,7 +50,7 @@ use glimpse_quant::crc32::Crc32;
 /// name, so neither is ever mistaken for the other.
 pub const MAGIC: [u8; 8] = *b"\x89GREQ\r\n\x1a";
 /// Layout version: a reader refuses any other.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Size of the fixed header.
 pub const HEADER_LEN: usize = 96;
 /// Alignment of the frame within the blob (and so in memory, the blob being placed on a
@@ -53,7 +61,10 @@ pub const FLAG_RAW: u16 = 1 << 0;
 /// Flag: a system prompt is present (an empty one included); without it the template's
 /// default is used.
 pub const FLAG_SYSTEM: u16 = 1 << 1;
-const KNOWN_FLAGS: u16 = FLAG_RAW | FLAG_SYSTEM;
+/// Flag: a stream prefills its whole prompt for every frame instead of keeping the
+/// prefix before the picture in the KV cache (to measure what keeping it saves).
+pub const FLAG_NO_PREFIX_REUSE: u16 = 1 << 2;
+const KNOWN_FLAGS: u16 = FLAG_RAW | FLAG_SYSTEM | FLAG_NO_PREFIX_REUSE;
 const CRC_AT: usize = 92;
 
 /// What is wrong with a request blob, or why one cannot be written.
@@ -141,8 +152,132 @@ pub struct Request<'a> {
     pub sampler: SamplerConfig,
     /// Length of the weights image the emulator placed beside the request.
     pub weights_len: u64,
-    /// Camera frame, for VLM images.
+    /// Camera frame, for VLM images (a stream's first frame).
     pub frame: Option<Frame<'a>>,
+    /// A stream of frames to caption one after the other (its first frame is `frame`).
+    pub stream: Option<Stream<'a>>,
+}
+
+/// Frames of one size and format, each starting [`FRAME_ALIGN`]-aligned one stride after
+/// the other in `data`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameRing<'a> {
+    /// Pixels per row.
+    pub width: usize,
+    /// Rows.
+    pub height: usize,
+    /// Pixel encoding.
+    pub format: PixelFormat,
+    /// Frames.
+    pub count: usize,
+    /// `stride * (count - 1) + frame_len` bytes.
+    pub data: &'a [u8],
+}
+
+impl<'a> FrameRing<'a> {
+    /// Bytes of one frame.
+    pub fn frame_len(&self) -> usize {
+        self.width
+            .saturating_mul(self.height)
+            .saturating_mul(self.format.bytes_per_pixel())
+    }
+
+    /// Bytes from one frame's start to the next's.
+    pub fn stride(&self) -> usize {
+        self.frame_len().next_multiple_of(FRAME_ALIGN)
+    }
+
+    /// Bytes `count` frames take.
+    pub fn byte_len(&self) -> Option<usize> {
+        self.stride()
+            .checked_mul(self.count.checked_sub(1)?)?
+            .checked_add(self.frame_len())
+    }
+
+    /// Frame `i`.
+    pub fn frame(&self, i: usize) -> Option<Frame<'a>> {
+        if i >= self.count {
+            return None;
+        }
+        let at = i.checked_mul(self.stride())?;
+        Some(Frame {
+            width: self.width,
+            height: self.height,
+            format: self.format,
+            data: self.data.get(at..at.checked_add(self.frame_len())?)?,
+        })
+    }
+}
+
+/// A frame stream request.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stream<'a> {
+    /// The frames.
+    pub frames: FrameRing<'a>,
+    /// Frames that changed less than this since the last captioned one are skipped.
+    pub min_change: f32,
+    /// Keep the prompt prefix in the KV cache from frame to frame.
+    pub keep_prefix: bool,
+}
+
+/// A [`FrameSource`](glimpse_hal::FrameSource) over a [`FrameRing`] in memory: each
+/// capture copies the next frame into the caller's buffer, as a camera's DMA would.
+#[derive(Clone, Debug)]
+pub struct RingSource<'a> {
+    ring: FrameRing<'a>,
+    next: usize,
+}
+
+impl<'a> RingSource<'a> {
+    /// Frames of `ring`, from the first.
+    pub fn new(ring: FrameRing<'a>) -> Self {
+        RingSource { ring, next: 0 }
+    }
+
+    /// Frames not captured yet.
+    pub fn remaining(&self) -> usize {
+        self.ring.count.saturating_sub(self.next)
+    }
+}
+
+/// Why a [`RingSource`] could not capture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum RingError {
+    /// Every frame was captured.
+    Exhausted,
+    /// The buffer is smaller than a frame.
+    BufferTooSmall,
+}
+
+impl glimpse_hal::Error for RingError {
+    fn kind(&self) -> glimpse_hal::ErrorKind {
+        match self {
+            RingError::Exhausted => glimpse_hal::ErrorKind::OutOfRange,
+            RingError::BufferTooSmall => glimpse_hal::ErrorKind::InvalidInput,
+        }
+    }
+}
+
+impl glimpse_hal::ErrorType for RingSource<'_> {
+    type Error = RingError;
+}
+
+impl glimpse_hal::FrameSource for RingSource<'_> {
+    fn capture(&mut self, buf: &mut [u8]) -> Result<glimpse_hal::FrameInfo, RingError> {
+        let f = self.ring.frame(self.next).ok_or(RingError::Exhausted)?;
+        let dst = buf
+            .get_mut(..f.data.len())
+            .ok_or(RingError::BufferTooSmall)?;
+        dst.copy_from_slice(f.data);
+        self.next += 1;
+        let dim = |v: usize| u32::try_from(v).map_err(|_| RingError::BufferTooSmall);
+        Ok(glimpse_hal::FrameInfo {
+            width: dim(f.width)?,
+            height: dim(f.height)?,
+            format: f.format,
+        })
+    }
 }
 
 fn format_code(f: Option<PixelFormat>) -> u8 {
@@ -238,11 +373,30 @@ impl<'a> Request<'a> {
             sampler: SamplerConfig::default(),
             weights_len,
             frame: None,
+            stream: None,
+        }
+    }
+
+    /// The bytes of the frame part: the stream's ring, or the single frame.
+    fn frame_bytes(&self) -> Result<Option<&'a [u8]>, RequestError> {
+        match (&self.stream, &self.frame) {
+            (Some(s), Some(f)) => {
+                let first = s.frames.frame(0).ok_or(RequestError::Frame)?;
+                if s.frames.count < 2
+                    || s.frames.byte_len() != Some(s.frames.data.len())
+                    || (first.width, first.height, first.format) != (f.width, f.height, f.format)
+                {
+                    return Err(RequestError::Frame);
+                }
+                Ok(Some(s.frames.data))
+            }
+            (Some(_), None) => Err(RequestError::Frame),
+            (None, f) => Ok(f.map(|f| f.data)),
         }
     }
 
     fn placement(&self) -> Result<Placement, RequestError> {
-        let frame = self.frame.map(|f| f.data.len());
+        let frame = self.frame_bytes()?.map(<[u8]>::len);
         let system = self.system.map_or(0, str::len);
         let p = place(self.prompt.len(), system, frame).ok_or(RequestError::TooLarge)?;
         if u32::try_from(p.total).is_err() {
@@ -272,6 +426,9 @@ impl<'a> Request<'a> {
         if self.system.is_some() {
             flags |= FLAG_SYSTEM;
         }
+        if self.stream.is_some_and(|s| !s.keep_prefix) {
+            flags |= FLAG_NO_PREFIX_REUSE;
+        }
         let s = &self.sampler;
         let mut h = [0u8; HEADER_LEN];
         put(&mut h, 0, &MAGIC);
@@ -299,6 +456,14 @@ impl<'a> Request<'a> {
             put(&mut h, 72, &ht.to_le_bytes());
         }
         h[76] = format_code(self.frame.map(|f| f.format));
+        let count = match (&self.stream, &self.frame) {
+            (Some(s), _) => u32::try_from(s.frames.count).map_err(too_large)?,
+            (None, Some(_)) => 1,
+            (None, None) => 0,
+        };
+        put(&mut h, 80, &count.to_le_bytes());
+        let min_change = self.stream.map_or(0.0, |s| s.min_change);
+        put(&mut h, 84, &min_change.to_le_bytes());
 
         out.fill(0);
         let (head, payload) = out.split_at_mut(HEADER_LEN);
@@ -307,8 +472,8 @@ impl<'a> Request<'a> {
         if let Some(sys) = self.system {
             payload[rel(p.system_at)..rel(p.text_end)].copy_from_slice(sys.as_bytes());
         }
-        if let Some(f) = &self.frame {
-            payload[rel(p.frame_at)..].copy_from_slice(f.data);
+        if let Some(data) = self.frame_bytes()? {
+            payload[rel(p.frame_at)..].copy_from_slice(data);
         }
         let crc = blob_crc(&h, payload);
         put(&mut h, CRC_AT, &crc.to_le_bytes());
@@ -342,7 +507,8 @@ impl<'a> Request<'a> {
             return Err(RequestError::Checksum);
         }
         let flags = u16_at(&h, 10);
-        if flags & !KNOWN_FLAGS != 0 || h[77..CRC_AT].iter().any(|&b| b != 0) {
+        let reserved = h[77..80].iter().chain(&h[88..CRC_AT]);
+        if flags & !KNOWN_FLAGS != 0 || reserved.into_iter().any(|&b| b != 0) {
             return Err(RequestError::Reserved);
         }
 
@@ -354,6 +520,8 @@ impl<'a> Request<'a> {
             u32_at(&h, 68) as usize,
             u32_at(&h, 72) as usize,
         );
+        let count = u32_at(&h, 80) as usize;
+        let min_change = f32::from_le_bytes(u32_at(&h, 84).to_le_bytes());
         let frame_len = match format {
             None => None,
             Some(f) => Some(
@@ -362,6 +530,25 @@ impl<'a> Request<'a> {
                     .and_then(|n| n.checked_mul(f.bytes_per_pixel()))
                     .ok_or(RequestError::Frame)?,
             ),
+        };
+        // Count, format and gate agree: no frame and 0, one frame and 1 (gate 0), or a
+        // stream of N >= 2 with a finite gate >= 0.
+        match (format, count) {
+            (None, 0) | (Some(_), 1) if min_change.to_bits() == 0 => {}
+            (Some(_), n) if n >= 2 && min_change.is_finite() && min_change >= 0.0 => {}
+            _ => return Err(RequestError::Frame),
+        }
+        if count < 2 && flags & FLAG_NO_PREFIX_REUSE != 0 {
+            return Err(RequestError::Reserved);
+        }
+        let frame_len = match frame_len {
+            Some(n) if count >= 2 => Some(
+                n.next_multiple_of(FRAME_ALIGN)
+                    .checked_mul(count - 1)
+                    .and_then(|a| a.checked_add(n))
+                    .ok_or(RequestError::Frame)?,
+            ),
+            other => other,
         };
         // The writer's placement is the only valid one: recompute it and compare.
         let p = place(prompt_len, system_len, frame_len).ok_or(RequestError::Lengths)?;
@@ -399,12 +586,44 @@ impl<'a> Request<'a> {
                 }
                 None
             }
-            Some(format) => Some(Frame {
-                width,
-                height,
-                format,
-                data: blob.get(p.frame_at..p.total).ok_or(RequestError::Lengths)?,
-            }),
+            Some(format) => {
+                let data = blob.get(p.frame_at..p.total).ok_or(RequestError::Lengths)?;
+                let first = width
+                    .saturating_mul(height)
+                    .saturating_mul(format.bytes_per_pixel());
+                Some(Frame {
+                    width,
+                    height,
+                    format,
+                    data: data.get(..first).ok_or(RequestError::Lengths)?,
+                })
+            }
+        };
+        let stream = match (frame, count) {
+            (Some(f), n) if n >= 2 => {
+                let data = blob.get(p.frame_at..p.total).ok_or(RequestError::Lengths)?;
+                // The padding between frames is zero, like every other gap in the blob.
+                let ring = FrameRing {
+                    width: f.width,
+                    height: f.height,
+                    format: f.format,
+                    count: n,
+                    data,
+                };
+                let (len, stride) = (ring.frame_len(), ring.stride());
+                if (0..n - 1).any(|i| {
+                    data.get(i * stride + len..(i + 1) * stride)
+                        .is_none_or(|pad| pad.iter().any(|&b| b != 0))
+                }) {
+                    return Err(RequestError::Reserved);
+                }
+                Some(Stream {
+                    frames: ring,
+                    min_change,
+                    keep_prefix: flags & FLAG_NO_PREFIX_REUSE == 0,
+                })
+            }
+            _ => None,
         };
         let f32_at = |at: usize| f32::from_le_bytes(u32_at(&h, at).to_le_bytes());
         Ok(Request {
@@ -422,6 +641,7 @@ impl<'a> Request<'a> {
             },
             weights_len: u64_at(&h, 16),
             frame,
+            stream,
         })
     }
 }
@@ -461,6 +681,7 @@ mod tests {
                 format: PixelFormat::Rgb888,
                 data: &PIXELS,
             }),
+            stream: None,
         };
         (encode(&r), r)
     }
@@ -553,7 +774,7 @@ mod tests {
             RequestError::Frame
         );
         let mut b = blob.clone();
-        b[80] = 1;
+        b[88] = 1;
         assert_eq!(
             Request::decode(&reseal(b)).unwrap_err(),
             RequestError::Reserved
@@ -564,6 +785,68 @@ mod tests {
             Request::decode(&reseal(b)).unwrap_err(),
             RequestError::NotUtf8
         );
+    }
+
+    #[test]
+    fn a_stream_roundtrips_and_its_frames_are_captured_in_order() {
+        use glimpse_hal::FrameSource;
+        // Three 3x2 RGB888 frames of 18 bytes: stride 32, 14 zero bytes between frames.
+        let mut ring = vec![0u8; 32 * 2 + 18];
+        for i in 0..3 {
+            ring[i * 32..i * 32 + 18].fill(i as u8 + 1);
+        }
+        let frames = FrameRing {
+            width: 3,
+            height: 2,
+            format: PixelFormat::Rgb888,
+            count: 3,
+            data: &ring,
+        };
+        let r = Request {
+            frame: frames.frame(0),
+            stream: Some(Stream {
+                frames,
+                min_change: 0.25,
+                keep_prefix: false,
+            }),
+            ..Request::text("Describe the image.", 8, 1)
+        };
+        let blob = encode(&r);
+        let d = Request::decode(&blob).unwrap();
+        let s = d.stream.unwrap();
+        assert_eq!(
+            (s.frames.count, s.min_change, s.keep_prefix),
+            (3, 0.25, false)
+        );
+        assert_eq!(d.frame.unwrap().data, &[1u8; 18][..]);
+        let mut src = RingSource::new(s.frames);
+        let mut buf = [0u8; 18];
+        for i in 0..3u8 {
+            let info = src.capture(&mut buf).unwrap();
+            assert_eq!((info.width, info.height), (3, 2));
+            assert_eq!(buf, [i + 1; 18]);
+        }
+        assert_eq!(src.capture(&mut buf), Err(RingError::Exhausted));
+        assert_eq!(
+            RingSource::new(s.frames).capture(&mut [0u8; 17]),
+            Err(RingError::BufferTooSmall)
+        );
+        // Every byte matters: flips anywhere are refused.
+        for i in 0..blob.len() {
+            let mut b = blob.clone();
+            b[i] ^= 0x40;
+            assert!(Request::decode(&b).is_err(), "flip at {i} accepted");
+        }
+        // A ring whose length does not match its count is refused when encoding.
+        let bad = Request {
+            stream: Some(Stream {
+                frames: FrameRing { count: 4, ..frames },
+                min_change: 0.0,
+                keep_prefix: true,
+            }),
+            ..r
+        };
+        assert_eq!(bad.encoded_len().unwrap_err(), RequestError::Frame);
     }
 
     #[test]

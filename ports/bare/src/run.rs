@@ -132,6 +132,11 @@ pub fn run_request<'a, S: TokenSink, C: Counter>(
     sink: &mut S,
     counter: &mut C,
 ) -> Result<Report<'a>, Error> {
+    if req.stream.is_some() {
+        return Err(Error::Unsupported(
+            "a frame stream request: run it with run_stream",
+        ));
+    }
     let t0 = counter.read();
     let image = Image::parse(weights)?;
     image.verify()?;
@@ -199,4 +204,161 @@ pub fn run_request<'a, S: TokenSink, C: Counter>(
             decode,
         },
     })
+}
+
+/// What happened to one frame of a stream.
+#[derive(Clone, Copy, Debug)]
+pub struct FrameOutcome<'t> {
+    /// 0-based index in the stream.
+    pub index: usize,
+    /// Skipped by the change gate (nothing was run; its caption is the last one).
+    pub skipped: bool,
+    /// Its difference from the last captioned frame (fraction of full scale).
+    pub change: f32,
+    /// The caption's ids (empty when skipped).
+    pub tokens: &'t [u32],
+    /// Whether a stop token ended the caption.
+    pub stopped: bool,
+    /// Positions prefilled for this frame (its image tokens and the prompt after them,
+    /// plus the prefix when it was not kept).
+    pub prefilled: usize,
+    /// Positions kept in the KV cache from the previous frame (the prompt prefix).
+    pub reused: usize,
+    /// Counter delta of the frame: capture, gate, encoder, prefill and decode.
+    pub count: u64,
+}
+
+/// Where a stream's frames go as they are captioned: the caption's text streams through
+/// the [`TokenSink`], then [`FrameObserver::frame`] sees the outcome.
+pub trait FrameObserver {
+    /// One frame is done (captioned or skipped).
+    fn frame(&mut self, outcome: &FrameOutcome<'_>) -> Result<(), Error>;
+}
+
+/// What a stream did.
+#[derive(Clone, Debug)]
+pub struct StreamReport {
+    /// The model's name from the image config.
+    pub model: heapless::String<64>,
+    /// Frames captured.
+    pub frames: usize,
+    /// Frames captioned.
+    pub captioned: usize,
+    /// Frames skipped by the gate.
+    pub skipped: usize,
+    /// Arena bytes: the session's plan (with its alignment padding) and the capture buffer.
+    pub arena_peak: usize,
+    /// Arena size.
+    pub arena_capacity: usize,
+    /// Counter delta of parsing and verifying the weights image.
+    pub verify: u64,
+    /// Counter deltas of the first captioned frame and of all later captioned ones.
+    pub first_frame: u64,
+    /// Sum over the captioned frames after the first.
+    pub later_frames: u64,
+}
+
+/// Caption every frame of `req`'s stream with one session (prompt prefix kept unless the
+/// request says not to, unchanged frames skipped), capturing each from the ring through
+/// a [`RingSource`] into a buffer carved from `arena` after the session's plan. Text
+/// streams to `out`, which also sees each frame's outcome.
+pub fn run_stream<O: TokenSink + FrameObserver, C: Counter>(
+    weights: &[u8],
+    req: &Request<'_>,
+    arena: &mut [u8],
+    out: &mut O,
+    counter: &mut C,
+) -> Result<StreamReport, Error> {
+    use glimpse_core::preprocess::Frame;
+    use glimpse_core::stream::FrameStream;
+    use glimpse_hal::FrameSource;
+
+    use crate::request::RingSource;
+
+    let t0 = counter.read();
+    let image = Image::parse(weights)?;
+    image.verify()?;
+    let verify = counter.read().wrapping_sub(t0);
+    let stream = req
+        .stream
+        .ok_or(Error::Unsupported("the request holds no frame stream"))?;
+    if image.config().vision.is_none() {
+        return Err(Error::Unsupported(
+            "camera frames need a VLM image; this one has no vision encoder",
+        ));
+    }
+    if req.raw {
+        return Err(Error::Unsupported(
+            "a raw prompt cannot place the picture; send it chat-templated",
+        ));
+    }
+    let mut opts = session_options(req, &image);
+    opts.plan.kv_across_pictures = stream.keep_prefix;
+    let plan = ArenaPlan::new(&image, &opts.plan)?;
+    let capacity = arena.len();
+    let pad = arena.as_ptr().align_offset(ALIGN).min(ALIGN);
+    let session_len = plan.total().saturating_add(pad);
+    let frame_len = stream.frames.frame_len();
+    let needed = session_len.saturating_add(frame_len);
+    if needed > capacity {
+        return Err(Error::Core(glimpse_core::Error::Arena { needed, capacity }));
+    }
+    let (front, capture) = arena.split_at_mut(session_len);
+    let capture = capture.get_mut(..frame_len).unwrap_or_default();
+    let mut session = Session::new(&image, front, CounterClock(&mut *counter), opts)?;
+    let prompt = Prompt::Chat {
+        system: req.system,
+        user: req.prompt,
+    };
+    let mut source = RingSource::new(stream.frames);
+    let mut gate = FrameStream::new(stream.min_change);
+    let mut report = StreamReport {
+        model: image.config().name.clone(),
+        frames: 0,
+        captioned: 0,
+        skipped: 0,
+        arena_peak: needed,
+        arena_capacity: capacity,
+        verify,
+        first_frame: 0,
+        later_frames: 0,
+    };
+    while source.remaining() > 0 {
+        let start = session.clock().now_us();
+        let info = source
+            .capture(capture)
+            .map_err(|_| Error::Unsupported("the frame ring ended early"))?;
+        let frame = Frame {
+            width: info.width as usize,
+            height: info.height as usize,
+            format: info.format,
+            data: &*capture,
+        };
+        let r = gate.caption(&mut session, prompt, frame, &mut *out)?;
+        let count = session.clock().now_us().wrapping_sub(start);
+        let run = r.run.unwrap_or_default();
+        if !r.skipped {
+            if gate.counts().captioned == 1 {
+                report.first_frame = count;
+            } else {
+                report.later_frames = report.later_frames.saturating_add(count);
+            }
+        }
+        let outcome = FrameOutcome {
+            index: r.frame,
+            skipped: r.skipped,
+            change: r.change,
+            tokens: if r.skipped { &[] } else { session.generated() },
+            stopped: run.stopped,
+            prefilled: run.prompt_positions,
+            reused: run.reused_positions,
+            count,
+        };
+        out.frame(&outcome)?;
+    }
+    let c = gate.counts();
+    report.frames = c.frames;
+    report.captioned = c.captioned;
+    report.skipped = c.skipped;
+    Ok(report)
 }
