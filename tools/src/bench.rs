@@ -76,6 +76,10 @@ pub struct BenchArgs {
     /// report's `dot` holds the times and the outputs.
     #[arg(long, value_name = "FILE")]
     pub dot_file: Option<PathBuf>,
+    /// What kept state saves (VLM images): per resolution, stream frames with the prompt
+    /// prefix kept vs prefilled, and a follow-up turn vs asking it from scratch.
+    #[arg(long)]
+    pub session: bool,
 }
 
 /// The `--dot-file` result.
@@ -282,6 +286,8 @@ pub struct BenchReport {
     pub kernels: Vec<KernelBench>,
     /// The `--dot-file` result.
     pub dot: Option<DotBench>,
+    /// Kept-state figures per resolution (`--session`).
+    pub session: Vec<crate::session_bench::SessionBench>,
     /// Peak resident set size of the process, bytes.
     pub peak_rss_bytes: u64,
 }
@@ -637,6 +643,13 @@ pub fn bench(a: &BenchArgs) -> Result<BenchReport> {
     if image.config().vision.is_some() && !a.no_encoder {
         report.encoder = bench_encoder(&image, a)?;
     }
+    if a.session && image.config().vision.is_some() {
+        for &r in a.resolutions.iter().filter(|&&r| r > 0) {
+            report
+                .session
+                .push(crate::session_bench::bench_session(&image, r as usize, 3)?);
+        }
+    }
     report.peak_rss_bytes = peak_rss_bytes();
     Ok(report)
 }
@@ -695,6 +708,10 @@ fn print_table(r: &BenchReport) {
                 .collect();
             println!("  {} cumulative ms: {}", e.resolution, taps.join(", "));
         }
+    }
+    if !r.session.is_empty() {
+        println!("kept state (TTFT):");
+        crate::session_bench::print(&r.session);
     }
     for k in &r.kernels {
         println!(

@@ -16,6 +16,7 @@ pub mod logits;
 pub mod npy;
 pub mod plan;
 pub mod run;
+pub mod session_bench;
 pub mod sim;
 pub mod stream;
 pub mod tokenize;
