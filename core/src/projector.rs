@@ -7,7 +7,10 @@ use glimpse_quant::layout::ProjectorConfig;
 use crate::arena::{ALIGN, Arena, padded};
 use crate::error::Error;
 use crate::image::Image;
-use crate::kernels::math::gelu_inplace;
+use glimpse_hal::Executor;
+
+use crate::kernels::math::gelu_inplace_with;
+use crate::kernels::par::with_default_executor;
 use crate::kernels::{Vector, Weights};
 use crate::vision::{linear_tiled, matrix, tiled_scratch_bytes, vector};
 
@@ -66,9 +69,22 @@ impl<'a> Projector<'a> {
         self.padded_bytes(tokens).saturating_add(ALIGN - 1)
     }
 
-    /// Project `features` (`tokens x in_dim`) into `out` (`tokens x out_dim`).
+    /// Project `features` (`tokens x in_dim`) into `out` (`tokens x out_dim`) on the
+    /// default executor.
     pub fn forward(
         &self,
+        features: &[f32],
+        tokens: usize,
+        arena: &mut Arena<'_>,
+        out: &mut [f32],
+    ) -> Result<(), Error> {
+        with_default_executor(|exec| self.forward_on(exec, features, tokens, arena, out))
+    }
+
+    /// [`Projector::forward`] with its work split across `exec`'s tasks.
+    pub fn forward_on(
+        &self,
+        exec: &mut dyn Executor,
         features: &[f32],
         tokens: usize,
         arena: &mut Arena<'_>,
@@ -93,9 +109,9 @@ impl<'a> Projector<'a> {
             let lin = a.bytes(
                 tiled_scratch_bytes(&self.fc1, tokens).max(tiled_scratch_bytes(&self.fc2, tokens)),
             )?;
-            linear_tiled(&self.fc1, Some(&self.fc1_b), features, hidden, lin)?;
-            gelu_inplace(hidden);
-            linear_tiled(&self.fc2, Some(&self.fc2_b), hidden, out, lin)
+            linear_tiled(exec, &self.fc1, Some(&self.fc1_b), features, hidden, lin)?;
+            gelu_inplace_with(exec, hidden);
+            linear_tiled(exec, &self.fc2, Some(&self.fc2_b), hidden, out, lin)
         })
     }
 }

@@ -38,7 +38,7 @@
 //! either once (expanded the same way) or once per image token (overwritten in order, as
 //! transformers' `FastVlm` does).
 
-use glimpse_hal::{Error as _, ErrorType, MonotonicClock, TokenSink};
+use glimpse_hal::{Error as _, ErrorType, Executor, MonotonicClock, TokenSink};
 
 use crate::arena::{ALIGN, Arena};
 use crate::chat::{IM_END, IMAGE_PLACEHOLDER, Turn, render, render_follow_up};
@@ -46,6 +46,7 @@ use crate::decoder::{DEFAULT_CHUNK, Decoder, DecoderState, Input, KvFormat, Logi
 use crate::error::Error;
 use crate::image::Image;
 use crate::kernels::linear::Q8Activations;
+use crate::kernels::par::with_default_executor;
 use crate::planner::{ArenaPlan, Buf, DEFAULT_CONTEXT, DEFAULT_MAX_FRAME_SIDE, PlanOptions};
 use crate::preprocess::{Frame, check_frame, preprocess};
 use crate::projector::Projector;
@@ -258,7 +259,7 @@ impl TokenSink for NoSink {
 
 /// A FastVLM (or text-only) model, an arena planned for it, a clock and the conversation
 /// so far. See the module docs.
-pub struct Session<'a, 'w, C> {
+pub struct Session<'a, 'w, C, X = PortDefault> {
     image: &'w Image<'w>,
     /// The aligned part of the caller's arena, exactly [`ArenaPlan::total`] bytes.
     arena: &'a mut [u8],
@@ -270,9 +271,37 @@ pub struct Session<'a, 'w, C> {
     vision: Option<(VisionEncoder<'w>, Projector<'w>)>,
     tokenizer: Option<Tokenizer<'w>>,
     conv: Conversation,
+    /// Where the work is split: the executor handed to the session, or [`PortDefault`]
+    /// (`None` only while a call has it).
+    exec: Option<X>,
 }
 
-impl<C> core::fmt::Debug for Session<'_, '_, C> {
+/// Where a session's work runs: an executor handed to it ([`Session::with_executor`]),
+/// or [`PortDefault`].
+pub trait Runner {
+    /// Run `f` with the executor.
+    fn with<R>(&mut self, f: impl FnOnce(&mut dyn Executor) -> R) -> R;
+}
+
+/// The process-wide default executor ([`with_default_executor`]: sequential unless the
+/// port installed one), what a session runs on until it is handed one; the host's
+/// convenience.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PortDefault;
+
+impl Runner for PortDefault {
+    fn with<R>(&mut self, f: impl FnOnce(&mut dyn Executor) -> R) -> R {
+        with_default_executor(f)
+    }
+}
+
+impl<E: Executor> Runner for E {
+    fn with<R>(&mut self, f: impl FnOnce(&mut dyn Executor) -> R) -> R {
+        f(self)
+    }
+}
+
+impl<C, X> core::fmt::Debug for Session<'_, '_, C, X> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Session")
             .field("model", &self.image.config().name)
@@ -357,7 +386,30 @@ impl<'a, 'w, C: MonotonicClock> Session<'a, 'w, C> {
             vision,
             tokenizer,
             conv: Conversation::default(),
+            exec: Some(PortDefault),
         })
+    }
+}
+
+impl<'a, 'w, C: MonotonicClock, X: Runner> Session<'a, 'w, C, X> {
+    /// The same session running on `exec` (a firmware's executor, a host thread pool, or
+    /// `&mut` one): every kernel of every call splits its work across it, whatever the
+    /// process-wide default is. Results are the same to the bit for any executor.
+    pub fn with_executor<E: Executor>(self, exec: E) -> Session<'a, 'w, C, E> {
+        let exec = Some(exec);
+        Session {
+            image: self.image,
+            arena: self.arena,
+            plan: self.plan,
+            clock: self.clock,
+            options: self.options,
+            stops: self.stops,
+            decoder: self.decoder,
+            vision: self.vision,
+            tokenizer: self.tokenizer,
+            conv: self.conv,
+            exec,
+        }
     }
 
     /// The plan the arena follows.
@@ -490,6 +542,23 @@ impl<'a, 'w, C: MonotonicClock> Session<'a, 'w, C> {
         out: Option<LogitsOut<'_>>,
         generate: Option<(usize, &mut S)>,
     ) -> Result<Report, Error> {
+        // The runner is moved out for the call so the session can be borrowed whole.
+        let mut runner = self.exec.take().ok_or(Error::Config {
+            what: "the session's executor is in use",
+        })?;
+        let r = runner.with(|exec| self.call_on(exec, prompt, picture, out, generate));
+        self.exec = Some(runner);
+        r
+    }
+
+    fn call_on<S: TokenSink>(
+        &mut self,
+        exec: &mut dyn Executor,
+        prompt: Prompt<'_>,
+        picture: Option<ImageInput<'_>>,
+        out: Option<LogitsOut<'_>>,
+        generate: Option<(usize, &mut S)>,
+    ) -> Result<Report, Error> {
         let t0 = self.clock.now_us();
         let vocab = self.decoder.shape().vocab;
         let check_out = |positions: usize| {
@@ -514,7 +583,7 @@ impl<'a, 'w, C: MonotonicClock> Session<'a, 'w, C> {
         };
         let splice = self.start_turn(prompt, picture.as_ref(), check_out)?;
         let tokenize_us = self.clock.now_us().saturating_sub(t0);
-        let result = self.work(t0, picture, splice, out, generate);
+        let result = self.work(exec, t0, picture, splice, out, generate);
         if result.is_err() {
             self.settle();
         }
@@ -897,6 +966,7 @@ impl<'a, 'w, C: MonotonicClock> Session<'a, 'w, C> {
     /// decoder. Inputs are checked and the conversation updated by the caller.
     fn work<S: TokenSink>(
         &mut self,
+        exec: &mut dyn Executor,
         t0: u64,
         image: Option<ImageInput<'_>>,
         splice: Option<Splice>,
@@ -905,13 +975,18 @@ impl<'a, 'w, C: MonotonicClock> Session<'a, 'w, C> {
     ) -> Result<Report, Error> {
         let mut timings = Timings::default();
         if let Some(input) = image {
-            self.encode_image(input, &mut timings)?;
+            self.encode_image(exec, input, &mut timings)?;
         }
-        self.decode(t0, splice, out, generate, timings)
+        self.decode(exec, t0, splice, out, generate, timings)
     }
 
     /// Preprocess, encode and project one picture into the embeddings buffer.
-    fn encode_image(&mut self, input: ImageInput<'_>, timings: &mut Timings) -> Result<(), Error> {
+    fn encode_image(
+        &mut self,
+        exec: &mut dyn Executor,
+        input: ImageInput<'_>,
+        timings: &mut Timings,
+    ) -> Result<(), Error> {
         let (enc, proj) = self.vision.ok_or(Error::Config {
             what: "the session plans no vision encoder",
         })?;
@@ -948,7 +1023,7 @@ impl<'a, 'w, C: MonotonicClock> Session<'a, 'w, C> {
         let shape = {
             let [px, first, work] =
                 plan.regions(self.arena, [Buf::Pixels, Buf::VisionFirst, Buf::StemWork])?;
-            enc.stem(f32s(px)?, res, f32s(first)?, &mut Arena::new(work))?
+            enc.stem(exec, f32s(px)?, res, f32s(first)?, &mut Arena::new(work))?
         };
         let (shape, last) = {
             let [first, second, work] = plan.regions(
@@ -956,6 +1031,7 @@ impl<'a, 'w, C: MonotonicClock> Session<'a, 'w, C> {
                 [Buf::VisionFirst, Buf::VisionSecond, Buf::StagesWork],
             )?;
             enc.stages(
+                exec,
                 f32s(first)?,
                 f32s(second)?,
                 shape,
@@ -976,7 +1052,13 @@ impl<'a, 'w, C: MonotonicClock> Session<'a, 'w, C> {
             };
             let [x, work, features] =
                 plan.regions(self.arena, [src, Buf::HeadWork, Buf::Features])?;
-            enc.head(f32s(x)?, shape, &mut Arena::new(work), f32s(features)?)?;
+            enc.head(
+                exec,
+                f32s(x)?,
+                shape,
+                &mut Arena::new(work),
+                f32s(features)?,
+            )?;
         }
         let t2 = clock.now_us();
         timings.encoder_us = t2.saturating_sub(t1);
@@ -986,7 +1068,8 @@ impl<'a, 'w, C: MonotonicClock> Session<'a, 'w, C> {
                 self.arena,
                 [Buf::Features, Buf::ProjectorWork, Buf::Embeddings],
             )?;
-            proj.forward(
+            proj.forward_on(
+                exec,
                 f32s(features)?,
                 vp.tokens,
                 &mut Arena::new(work),
@@ -1002,6 +1085,7 @@ impl<'a, 'w, C: MonotonicClock> Session<'a, 'w, C> {
     /// counts in step with the cache as it goes.
     fn decode<S: TokenSink>(
         &mut self,
+        exec: &mut dyn Executor,
         t0: u64,
         splice: Option<Splice>,
         out: Option<LogitsOut<'_>>,
@@ -1044,7 +1128,7 @@ impl<'a, 'w, C: MonotonicClock> Session<'a, 'w, C> {
         state.resume_at(reused)?;
         let feed = ids.get(conv.fed..conv.ids).unwrap_or_default();
         let mut out = out;
-        prefill(&mut state, feed, splice, emb, image_tokens, &mut out)?;
+        prefill(exec, &mut state, feed, splice, emb, image_tokens, &mut out)?;
         conv.fed = conv.ids;
         conv.positions = state.pos();
         if let Some(LogitsOut::Last(o)) = &mut out {
@@ -1110,7 +1194,7 @@ impl<'a, 'w, C: MonotonicClock> Session<'a, 'w, C> {
                 report.stopped = stop;
                 break;
             }
-            state.decode_one(id)?;
+            state.forward_on(&mut *exec, Input::Ids(&[id]), Logits::Last)?;
             conv.fed = conv.ids;
             conv.positions = state.pos();
             report.decode_steps += 1;
@@ -1143,6 +1227,7 @@ impl Collect<'_> {
 /// (`image_tokens x hidden`), producing the logits `out` asks for (or the last position's
 /// into the state).
 fn prefill(
+    exec: &mut dyn Executor,
     state: &mut DecoderState<'_, '_>,
     ids: &[u32],
     splice: Option<Splice>,
@@ -1204,7 +1289,7 @@ fn prefill(
             _ if end == ids.len() => Logits::Last,
             _ => Logits::None,
         };
-        state.forward(input, logits)?;
+        state.forward_on(&mut *exec, input, logits)?;
         pos += n;
         i = end;
     }

@@ -17,7 +17,7 @@ use glimpse_hal::{MonotonicClock, PixelFormat, TokenSink};
 
 use crate::error::Error;
 use crate::preprocess::{Frame, check_frame, rgb565_to_888};
-use crate::session::{ImageInput, Prompt, Report, Session};
+use crate::session::{ImageInput, Prompt, Report, Runner, Session};
 
 /// Side of a [`Thumbnail`], in cells.
 pub const THUMB_SIDE: usize = 16;
@@ -137,9 +137,9 @@ impl FrameStream {
     /// Caption `frame` with `prompt` through `session`, streaming the caption to `sink`,
     /// unless the gate skips it (then nothing reaches the sink). A frame the session
     /// refuses is an error and leaves the stream as it was.
-    pub fn caption<C: MonotonicClock, S: TokenSink>(
+    pub fn caption<C: MonotonicClock, X: Runner, S: TokenSink>(
         &mut self,
-        session: &mut Session<'_, '_, C>,
+        session: &mut Session<'_, '_, C, X>,
         prompt: Prompt<'_>,
         frame: Frame<'_>,
         sink: &mut S,

@@ -330,3 +330,48 @@ fn a_frame_stream_prefills_its_prefix_once_and_captions_like_fresh_runs() {
         assert!(prefix.unwrap() > 10, "the prefix holds the system prompt");
     }
 }
+
+/// An executor that runs every task in order on the calling thread but claims three
+/// threads, so kernels split their work, and counts the dispatches it is handed.
+struct Counting {
+    dispatches: usize,
+}
+
+impl glimpse_hal::Executor for Counting {
+    fn run(&mut self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+        self.dispatches += 1;
+        for t in 0..tasks {
+            f(t);
+        }
+    }
+
+    fn parallelism(&self) -> usize {
+        3
+    }
+}
+
+#[test]
+fn a_session_runs_on_the_executor_it_is_handed() {
+    let bytes = model();
+    let image = Image::parse(bytes.as_slice()).unwrap();
+    let pic = sample("group.png");
+    let opts = options(&image, 16);
+    let want = fresh_caption(&image, pic.frame());
+    let plan = ArenaPlan::new(&image, &opts.plan).unwrap();
+    let mut arena = arena_for(&plan);
+    let mut exec = Counting { dispatches: 0 };
+    let mut s = Session::new(&image, &mut arena, HostClock::new(), opts)
+        .unwrap()
+        .with_executor(&mut exec);
+    let mut sink = CollectSink::default();
+    s.run(
+        Prompt::chat(QUESTION),
+        Some(ImageInput::Frame(pic.frame())),
+        &mut sink,
+    )
+    .unwrap();
+    drop(s);
+    // Work split three ways gives the same bits as the default (sequential) executor.
+    assert_eq!(sink.tokens, want);
+    assert!(exec.dispatches > 10, "{} dispatches", exec.dispatches);
+}

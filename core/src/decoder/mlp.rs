@@ -2,7 +2,10 @@
 //! (fastvlm.md §4.2).
 
 use crate::error::Error;
-use crate::kernels::linear::{Product, Weights, linear_vec, linear_vec_many};
+use glimpse_hal::Executor;
+
+use crate::kernels::cpu::Cpu;
+use crate::kernels::linear::{Product, Weights, linear_vec_many_on, linear_vec_with};
 use crate::kernels::math::silu_mul;
 
 /// The three projections of one layer's MLP.
@@ -16,18 +19,29 @@ pub struct Mlp<'a> {
     pub down: Weights<'a>,
 }
 
+/// The work buffers of [`Mlp::forward`]: `gate` and `up` hold `m × intermediate` values,
+/// `scratch` the linear scratch of the widest product.
+#[derive(Debug)]
+pub struct MlpWork<'b> {
+    /// Gate projection, then the SwiGLU product.
+    pub gate: &'b mut [f32],
+    /// Up projection.
+    pub up: &'b mut [f32],
+    /// Linear scratch.
+    pub scratch: &'b mut [u8],
+}
+
 impl Mlp<'_> {
-    /// `out[m×hidden] = down(silu(gate(x)) ⊙ up(x))` for `m` rows of `x`, with
-    /// `gate`/`up` as `m × intermediate` work buffers.
+    /// `out[m×hidden] = down(silu(gate(x)) ⊙ up(x))` for `m` rows of `x`.
     pub fn forward(
         &self,
+        exec: &mut dyn Executor,
         x: &[f32],
         m: usize,
-        gate: &mut [f32],
-        up: &mut [f32],
+        work: MlpWork<'_>,
         out: &mut [f32],
-        scratch: &mut [u8],
     ) -> Result<(), Error> {
+        let MlpWork { gate, up, scratch } = work;
         let inter = self.gate.rows;
         let gate = gate.get_mut(..m * inter).ok_or(Error::Length {
             what: "mlp gate buffer",
@@ -39,7 +53,9 @@ impl Mlp<'_> {
             expected: m * inter,
             got: 0,
         })?;
-        linear_vec_many(
+        linear_vec_many_on(
+            Cpu::active(),
+            exec,
             &mut [
                 Product {
                     w: &self.gate,
@@ -57,7 +73,7 @@ impl Mlp<'_> {
             scratch,
         )?;
         silu_mul(gate, up)?;
-        linear_vec(&self.down, None, gate, m, out, scratch)
+        linear_vec_with(exec, &self.down, None, gate, m, out, scratch)
     }
 }
 
@@ -95,8 +111,18 @@ mod tests {
             vec![0f32; m * d],
         );
         let mut scratch = vec![0u8; 1024];
-        mlp.forward(&x, m, &mut g, &mut u, &mut out, &mut scratch)
-            .unwrap();
+        mlp.forward(
+            &mut glimpse_hal::Sequential,
+            &x,
+            m,
+            MlpWork {
+                gate: &mut g,
+                up: &mut u,
+                scratch: &mut scratch,
+            },
+            &mut out,
+        )
+        .unwrap();
         for i in 0..m {
             let h: Vec<f64> = (0..inter)
                 .map(|j| {

@@ -18,6 +18,7 @@ pub mod mlp;
 
 use core::fmt::Write as _;
 
+use glimpse_hal::Executor;
 use glimpse_quant::DType;
 use glimpse_quant::layout::DecoderConfig;
 
@@ -25,15 +26,16 @@ use crate::arena::{Arena, bound, padded};
 use crate::error::{Dims, Error, TensorName, tensor_name};
 use crate::image::{Image, TensorView};
 use crate::kernels::Vector;
+use crate::kernels::cpu::Cpu;
 use crate::kernels::linear::{
-    Product, Q8Activations, Weights, linear_scratch_bytes, linear_vec, linear_vec_many,
+    Product, Q8Activations, Weights, linear_scratch_bytes, linear_vec_many_on, linear_vec_with,
 };
 use crate::kernels::math::{add, rmsnorm, rope_cos_sin, rope_rotate_half};
 use crate::kernels::par::with_default_executor;
 
 pub use attention::Heads;
 pub use kv_cache::{KvCache, KvFormat, KvView};
-pub use mlp::Mlp;
+pub use mlp::{Mlp, MlpWork};
 
 /// Prefill chunk [`DecoderState::new`] sizes its work buffers for: long inputs are run
 /// this many positions at a time, each chunk as matrix-matrix products.
@@ -637,9 +639,21 @@ impl<'a, 'w> DecoderState<'a, 'w> {
         Ok(self.logits)
     }
 
-    /// Run `input` at the next positions, producing the `logits` asked for. Every check
-    /// (ids, lengths, context) happens before the cache or the position changes.
-    pub fn forward(&mut self, input: Input, mut logits: Logits) -> Result<(), Error> {
+    /// Run `input` at the next positions, producing the `logits` asked for, on the
+    /// default executor. Every check (ids, lengths, context) happens before the cache or
+    /// the position changes.
+    pub fn forward(&mut self, input: Input, logits: Logits) -> Result<(), Error> {
+        with_default_executor(|exec| self.forward_on(exec, input, logits))
+    }
+
+    /// [`DecoderState::forward`] with the work split across `exec`'s tasks (the same
+    /// bits for any executor).
+    pub fn forward_on(
+        &mut self,
+        exec: &mut dyn Executor,
+        input: Input,
+        mut logits: Logits,
+    ) -> Result<(), Error> {
         let s = self.dec.shape;
         let n = match input {
             Input::Ids(ids) => {
@@ -701,7 +715,7 @@ impl<'a, 'w> DecoderState<'a, 'w> {
                         .unwrap_or_default(),
                 ),
             };
-            self.run_chunk(chunk_in, self.pos + start, m, chunk_out)?;
+            self.run_chunk(exec, chunk_in, self.pos + start, m, chunk_out)?;
             start += m;
         }
         self.pos += n;
@@ -711,6 +725,7 @@ impl<'a, 'w> DecoderState<'a, 'w> {
     /// `m` positions starting at `p0`: embed, run every layer, produce logits.
     fn run_chunk(
         &mut self,
+        exec: &mut dyn Executor,
         input: Input,
         p0: usize,
         m: usize,
@@ -752,7 +767,7 @@ impl<'a, 'w> DecoderState<'a, 'w> {
 
         for l in 0..s.layers {
             let layer = self.dec.layer(l)?;
-            self.run_layer(l, &layer, p0, m)?;
+            self.run_layer(exec, l, &layer, p0, m)?;
         }
 
         let eps = self.dec.config.norm_eps;
@@ -764,18 +779,25 @@ impl<'a, 'w> DecoderState<'a, 'w> {
                 let last = x.get((m - 1) * d..).unwrap_or_default();
                 let xn = self.xn.get_mut(..d).unwrap_or_default();
                 rmsnorm(xn, last, &self.dec.norm, eps)?;
-                linear_vec(&lm, None, xn, 1, self.logits, self.scratch)
+                linear_vec_with(exec, &lm, None, xn, 1, self.logits, self.scratch)
             }
             Logits::All(out) => {
                 let xn = self.xn.get_mut(..m * d).unwrap_or_default();
                 rmsnorm(xn, x, &self.dec.norm, eps)?;
-                linear_vec(&lm, None, xn, m, out, self.scratch)
+                linear_vec_with(exec, &lm, None, xn, m, out, self.scratch)
             }
         }
     }
 
     /// One pre-norm layer over the chunk: `x += attn(norm(x))`, `x += mlp(norm(x))`.
-    fn run_layer(&mut self, l: usize, layer: &Layer, p0: usize, m: usize) -> Result<(), Error> {
+    fn run_layer(
+        &mut self,
+        exec: &mut dyn Executor,
+        l: usize,
+        layer: &Layer,
+        p0: usize,
+        m: usize,
+    ) -> Result<(), Error> {
         let s = self.dec.shape;
         let g = s.heads;
         let (d, qd, half) = (s.hidden, g.q_dim(), g.head_dim / 2);
@@ -805,7 +827,9 @@ impl<'a, 'w> DecoderState<'a, 'w> {
             let v = self.new_v.get_mut(..m * g.kv_dim()).unwrap_or_default();
             // q, k and v read the same normalized rows: one pass (one quantization of
             // them, one wait for the executor's tasks).
-            linear_vec_many(
+            linear_vec_many_on(
+                Cpu::active(),
+                exec,
                 &mut [
                     Product {
                         w: &layer.q,
@@ -842,20 +866,30 @@ impl<'a, 'w> DecoderState<'a, 'w> {
         match self.kv.prefix(l, p0 + m)? {
             // The linear scratch is idle until the output projection: it lends the
             // extra tasks their score rows.
-            KvView::F32 { k, v } => with_default_executor(|e| {
-                attention::causal_with(e, g, q, k, v, p0, self.scores, scratch, att)
-            })?,
-            KvView::F16 { k, v } => with_default_executor(|e| {
-                attention::causal_with(e, g, q, k, v, p0, self.scores, scratch, att)
-            })?,
+            KvView::F32 { k, v } => {
+                attention::causal_with(exec, g, q, k, v, p0, self.scores, scratch, att)?
+            }
+            KvView::F16 { k, v } => {
+                attention::causal_with(exec, g, q, k, v, p0, self.scores, scratch, att)?
+            }
         }
-        linear_vec(&layer.o, None, att, m, xn, scratch)?;
+        linear_vec_with(exec, &layer.o, None, att, m, xn, scratch)?;
         add(x, xn)?;
 
         // MLP; its output goes to the attention buffer, free again and sized for it.
         rmsnorm(xn, x, &layer.mlp_norm, eps)?;
         let out = self.att.get_mut(..m * d).unwrap_or_default();
-        layer.mlp.forward(xn, m, self.gate, self.up, out, scratch)?;
+        layer.mlp.forward(
+            exec,
+            xn,
+            m,
+            MlpWork {
+                gate: self.gate,
+                up: self.up,
+                scratch,
+            },
+            out,
+        )?;
         add(x, out)
     }
 }

@@ -14,10 +14,12 @@ use super::{
 use crate::arena::{ALIGN, Arena};
 use crate::error::Error;
 use crate::image::Image;
-use crate::kernels::attention::{PackedQkv, self_attention};
+use glimpse_hal::Executor;
+
+use crate::kernels::attention::{PackedQkv, self_attention_with};
 use crate::kernels::conv::Params;
-use crate::kernels::linear::linear_vec;
-use crate::kernels::par::with_default_executor;
+use crate::kernels::cpu::Cpu;
+use crate::kernels::linear::linear_vec_with;
 use crate::kernels::{Vector, Weights};
 
 /// One attention block.
@@ -116,6 +118,7 @@ impl<'a> AttentionBlock<'a> {
     /// [`AttentionBlock::other_floats`] values.
     pub fn forward(
         &self,
+        exec: &mut dyn Executor,
         x: &mut [f32],
         other: &mut [f32],
         shape: Shape,
@@ -143,7 +146,7 @@ impl<'a> AttentionBlock<'a> {
                 // (its size is set by larger layers, such as this block's ConvFFN), so
                 // the plan does not grow and a single-task port takes just the one.
                 let per = layout.scratch_floats();
-                let tasks = with_default_executor(|e| e.parallelism()).max(1);
+                let tasks = exec.parallelism().max(1);
                 let spare = a.remaining().saturating_sub(ALIGN) / 4 / per.max(1);
                 let copies = spare.clamp(1, tasks);
                 let attn_scratch = a.f32s(per * copies)?;
@@ -154,14 +157,14 @@ impl<'a> AttentionBlock<'a> {
                 self.scale.load(0, ls)?;
 
                 layer_norm_channel(x, t, nw, nb, self.eps);
-                linear_tiled(&self.qkv, None, t, qkv, lin)?;
+                linear_tiled(exec, &self.qkv, None, t, qkv, lin)?;
                 // head_dim^-0.5 rounded once from f64, as PyTorch's Python-float scale is.
                 let scale = (1.0 / libm::sqrt(self.head_dim as f64)) as f32;
-                self_attention(&layout, qkv, scale, t, attn_scratch)?;
+                self_attention_with(exec, Cpu::active(), &layout, qkv, scale, t, attn_scratch)?;
                 for (xt, at) in x.chunks_mut(tile_px * c).zip(t.chunks(tile_px * c)) {
                     let px = at.len() / c;
                     let p = prefix_mut(tile, px * c)?;
-                    linear_vec(&self.proj, Some(&self.proj_b), at, px, p, lin)?;
+                    linear_vec_with(exec, &self.proj, Some(&self.proj_b), at, px, p, lin)?;
                     for (xr, pr) in xt.chunks_exact_mut(c).zip(p.chunks_exact(c)) {
                         for ((x, &p), &s) in xr.iter_mut().zip(pr).zip(ls.iter()) {
                             *x += s * p;
@@ -172,6 +175,6 @@ impl<'a> AttentionBlock<'a> {
             })?;
         }
         self.ffn
-            .residual_in_place(x, shape, FfnInput::Identity, arena)
+            .residual_in_place(exec, x, shape, FfnInput::Identity, arena)
     }
 }

@@ -19,9 +19,11 @@ use super::{
 use crate::arena::Arena;
 use crate::error::Error;
 use crate::image::Image;
-use crate::kernels::conv::{Grouped, Params, grouped_conv};
-use crate::kernels::linear::linear_vec;
-use crate::kernels::math::gelu_inplace;
+use glimpse_hal::Executor;
+
+use crate::kernels::conv::{Grouped, Params, grouped_conv_with};
+use crate::kernels::linear::linear_vec_with;
+use crate::kernels::math::gelu_inplace_with;
 use crate::kernels::{Vector, Weights, linear_scratch_bytes};
 
 /// Where the ConvFFN input `y` comes from.
@@ -146,17 +148,19 @@ impl<'a> ConvFfn<'a> {
     /// depthwise conv of it (see [`FfnInput`]).
     pub fn residual_in_place(
         &self,
+        exec: &mut dyn Executor,
         x: &mut [f32],
         shape: Shape,
         input: FfnInput<'_>,
         arena: &mut Arena<'_>,
     ) -> Result<(), Error> {
-        self.stream(x, shape, input, self.tile_rows(shape), arena)
+        self.stream(exec, x, shape, input, self.tile_rows(shape), arena)
     }
 
     /// [`ConvFfn::residual_in_place`] with `tile_rows` output rows per tile.
     fn stream(
         &self,
+        exec: &mut dyn Executor,
         x: &mut [f32],
         shape: Shape,
         input: FfnInput<'_>,
@@ -227,7 +231,8 @@ impl<'a> ConvFfn<'a> {
                             // above), so none has been overwritten yet.
                             let xr = g.input_rows(ye..need.end);
                             let src = x.get(xr.start * row..xr.end * row).unwrap_or_default();
-                            grouped_conv(
+                            grouped_conv_with(
+                                exec,
                                 &g,
                                 src,
                                 xr.start,
@@ -245,7 +250,8 @@ impl<'a> ConvFfn<'a> {
                 let px = (r1 - r0) * w;
                 let d = prefix_mut(d_buf, px * c)?;
                 let ys_rows = window.get(..(ye - ys) * row).unwrap_or_default();
-                grouped_conv(
+                grouped_conv_with(
+                    exec,
                     &ffn,
                     ys_rows,
                     ys,
@@ -256,9 +262,9 @@ impl<'a> ConvFfn<'a> {
                     conv_scratch,
                 )?;
                 let hid = prefix_mut(h_buf, px * self.hidden)?;
-                linear_vec(&self.fc1, Some(&self.fc1_b), d, px, hid, lin)?;
-                gelu_inplace(hid);
-                linear_vec(&self.fc2, Some(&self.fc2_b), hid, px, d, lin)?;
+                linear_vec_with(exec, &self.fc1, Some(&self.fc1_b), d, px, hid, lin)?;
+                gelu_inplace_with(exec, hid);
+                linear_vec_with(exec, &self.fc2, Some(&self.fc2_b), hid, px, d, lin)?;
                 let y = window
                     .get((r0 - ys) * row..(r1 - ys) * row)
                     .unwrap_or_default();
@@ -418,7 +424,15 @@ mod tests {
                 let mut x = x0.clone();
                 let mut buf = vec![0u8; 1 << 16];
                 let mut arena = Arena::new(&mut buf);
-                ffn.stream(&mut x, shape, input, tile, &mut arena).unwrap();
+                ffn.stream(
+                    &mut glimpse_hal::Sequential,
+                    &mut x,
+                    shape,
+                    input,
+                    tile,
+                    &mut arena,
+                )
+                .unwrap();
                 let err = x
                     .iter()
                     .zip(&want)
@@ -441,7 +455,13 @@ mod tests {
         };
         let mut x = x0.clone();
         let mut buf = vec![0u8; 1 << 16];
-        let r = ffn.residual_in_place(&mut x, shape, wide, &mut Arena::new(&mut buf));
+        let r = ffn.residual_in_place(
+            &mut glimpse_hal::Sequential,
+            &mut x,
+            shape,
+            wide,
+            &mut Arena::new(&mut buf),
+        );
         assert!(matches!(r, Err(Error::Config { .. })), "{r:?}");
     }
 }

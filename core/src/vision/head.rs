@@ -8,9 +8,11 @@ use super::{Shape, Work, find, kept, kernel_size, matrix, prefix, prefix_mut, ve
 use crate::arena::Arena;
 use crate::error::Error;
 use crate::image::Image;
-use crate::kernels::conv::{Grouped, Params, grouped_conv};
-use crate::kernels::linear::linear_vec;
-use crate::kernels::math::gelu_inplace;
+use glimpse_hal::Executor;
+
+use crate::kernels::conv::{Grouped, Params, grouped_conv_with};
+use crate::kernels::linear::linear_vec_with;
+use crate::kernels::math::gelu_inplace_with;
 use crate::kernels::{Vector, Weights, linear_scratch_bytes};
 
 /// Squeeze-excite: `x ⊙ σ(expand(ReLU(reduce(mean_hw x))))`.
@@ -120,6 +122,7 @@ impl<'a> Head<'a> {
     /// `out = GELU(SE(conv(x)))`.
     pub fn forward(
         &self,
+        exec: &mut dyn Executor,
         x: &[f32],
         out: &mut [f32],
         shape: Shape,
@@ -141,7 +144,17 @@ impl<'a> Head<'a> {
             let scratch = a.f32s(g.scratch_floats())?;
             let vecs = a.f32s(2 * co + self.se_dim())?;
             let lin = a.bytes(self.linear_scratch())?;
-            grouped_conv(&g, x, 0, self.w, self.b, 0..shape.height, out, scratch)?;
+            grouped_conv_with(
+                exec,
+                &g,
+                x,
+                0,
+                self.w,
+                self.b,
+                0..shape.height,
+                out,
+                scratch,
+            )?;
             if let Some(se) = &self.se {
                 let (mean, rest) = vecs.split_at_mut(co);
                 let (gate, hidden) = rest.split_at_mut(co);
@@ -150,11 +163,11 @@ impl<'a> Head<'a> {
                     let s: f64 = out.iter().skip(c).step_by(co).map(|&v| f64::from(v)).sum();
                     *m = (s / out_shape.pixels().max(1) as f64) as f32;
                 }
-                linear_vec(&se.reduce, Some(&se.reduce_b), mean, 1, hidden, lin)?;
+                linear_vec_with(exec, &se.reduce, Some(&se.reduce_b), mean, 1, hidden, lin)?;
                 for h in hidden.iter_mut() {
                     *h = h.max(0.0);
                 }
-                linear_vec(&se.expand, Some(&se.expand_b), hidden, 1, gate, lin)?;
+                linear_vec_with(exec, &se.expand, Some(&se.expand_b), hidden, 1, gate, lin)?;
                 for gv in gate.iter_mut() {
                     *gv = 1.0 / (1.0 + libm::expf(-*gv));
                 }
@@ -164,7 +177,7 @@ impl<'a> Head<'a> {
                     }
                 }
             }
-            gelu_inplace(out);
+            gelu_inplace_with(exec, out);
             Ok(out_shape)
         })
     }

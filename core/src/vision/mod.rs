@@ -37,13 +37,15 @@ pub mod stem;
 
 use core::fmt::{self, Write as _};
 
+use glimpse_hal::Executor;
 use glimpse_quant::layout::{TokenMixer, VisionConfig};
 
 use crate::arena::{Arena, padded};
 use crate::error::{Dims, Error, tensor_name};
 use crate::image::{Image, TensorView};
 use crate::kernels::conv::Params;
-use crate::kernels::linear::linear_vec;
+use crate::kernels::linear::linear_vec_with;
+use crate::kernels::par::with_default_executor;
 use crate::kernels::{Vector, Weights, linear_scratch_bytes};
 
 use attention::AttentionBlock;
@@ -220,6 +222,7 @@ pub(crate) fn tiled_scratch_bytes(w: &Weights<'_>, pixels: usize) -> usize {
 /// `y = x·Wᵀ + b` over every pixel, a tile of pixels at a time (so the scratch, which
 /// holds a tile's quantized activations for Q8_0, stays bounded).
 pub(crate) fn linear_tiled(
+    exec: &mut dyn Executor,
     w: &Weights<'_>,
     b: Option<&Vector<'_>>,
     x: &[f32],
@@ -236,7 +239,7 @@ pub(crate) fn linear_tiled(
     }
     let tile = linear_tile(w);
     for (xt, yt) in x.chunks(tile * cols).zip(y.chunks_mut(tile * rows)) {
-        linear_vec(w, b, xt, xt.len() / cols, yt, scratch)?;
+        linear_vec_with(exec, w, b, xt, xt.len() / cols, yt, scratch)?;
     }
     Ok(())
 }
@@ -588,14 +591,16 @@ impl<'a> VisionEncoder<'a> {
         arena.check(plan.padded_bytes())?;
         let [a, b] = plan.buffer_floats;
         let mut bufs = [arena.f32s(a)?, arena.f32s(b)?];
-        let [first, second] = &mut bufs;
-        let shape = self.stem(pixels, resolution, first, arena)?;
-        observe(Tap::Stem, prefix(first, shape.len())?, shape);
-        let (shape, last) = self.stages(first, second, shape, arena, observe)?;
-        let x = bufs.get(last).map_or(&[][..], |b| &b[..]);
-        let shape = self.head(x, shape, arena, out)?;
-        observe(Tap::Head, prefix(out, shape.len())?, shape);
-        Ok(())
+        with_default_executor(|exec| {
+            let [first, second] = &mut bufs;
+            let shape = self.stem(exec, pixels, resolution, first, arena)?;
+            observe(Tap::Stem, prefix(first, shape.len())?, shape);
+            let (shape, last) = self.stages(exec, first, second, shape, arena, observe)?;
+            let x = bufs.get(last).map_or(&[][..], |b| &b[..]);
+            let shape = self.head(exec, x, shape, arena, out)?;
+            observe(Tap::Head, prefix(out, shape.len())?, shape);
+            Ok(())
+        })
     }
 
     /// Check the pixel and output lengths against `plan`.
@@ -627,6 +632,7 @@ impl<'a> VisionEncoder<'a> {
     /// (`plan.stem_work_bytes` from an aligned start). Returns the stem's output shape.
     pub fn stem(
         &self,
+        exec: &mut dyn Executor,
         pixels: &[f32],
         resolution: usize,
         first: &mut [f32],
@@ -644,7 +650,7 @@ impl<'a> VisionEncoder<'a> {
                 got: pixels.len(),
             });
         }
-        Stem::load(img, cfg)?.forward(pixels, resolution, first, work)
+        Stem::load(img, cfg)?.forward(exec, pixels, resolution, first, work)
     }
 
     /// Step 2: every stage, starting from the stem output (`shape`) in `first` and using
@@ -653,6 +659,7 @@ impl<'a> VisionEncoder<'a> {
     /// Returns the last stage's shape and which buffer (0 = `first`) holds it.
     pub fn stages(
         &self,
+        exec: &mut dyn Executor,
         first: &mut [f32],
         second: &mut [f32],
         mut shape: Shape,
@@ -665,23 +672,24 @@ impl<'a> VisionEncoder<'a> {
         for (i, st) in cfg.stages.iter().enumerate() {
             if i > 0 {
                 let pe = PatchEmbed::load(img, i, stage_dim(cfg, i - 1), st.dim as usize)?;
-                shape = pe.forward(cur, other, shape, work)?;
+                shape = pe.forward(exec, cur, other, shape, work)?;
                 core::mem::swap(&mut cur, &mut other);
                 which = 1 - which;
             }
             if st.pos_emb {
-                RepCpe::load(img, cfg, i, st.dim as usize)?.forward(cur, other, shape, work)?;
+                RepCpe::load(img, cfg, i, st.dim as usize)?
+                    .forward(exec, cur, other, shape, work)?;
                 core::mem::swap(&mut cur, &mut other);
                 which = 1 - which;
             }
             for b in 0..st.depth as usize {
                 match st.mixer {
                     TokenMixer::RepMixer => {
-                        RepMixerBlock::load(img, cfg, i, b, st)?.forward(cur, shape, work)?;
+                        RepMixerBlock::load(img, cfg, i, b, st)?.forward(exec, cur, shape, work)?;
                     }
                     TokenMixer::Attention => {
                         AttentionBlock::load(img, cfg, i, b, st)?
-                            .forward(cur, other, shape, work)?;
+                            .forward(exec, cur, other, shape, work)?;
                     }
                 }
             }
@@ -695,6 +703,7 @@ impl<'a> VisionEncoder<'a> {
     /// `work` (`plan.head_work_bytes`). Returns the output shape.
     pub fn head(
         &self,
+        exec: &mut dyn Executor,
         x: &[f32],
         shape: Shape,
         work: &mut Arena<'_>,
@@ -709,6 +718,6 @@ impl<'a> VisionEncoder<'a> {
                 got: out.len(),
             });
         }
-        head.forward(x, out, shape, work)
+        head.forward(exec, x, out, shape, work)
     }
 }

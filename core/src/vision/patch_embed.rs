@@ -9,8 +9,10 @@ use super::{
 use crate::arena::Arena;
 use crate::error::Error;
 use crate::image::Image;
-use crate::kernels::conv::{Grouped, Params, grouped_conv};
-use crate::kernels::math::gelu_inplace;
+use glimpse_hal::Executor;
+
+use crate::kernels::conv::{Grouped, Params, grouped_conv_with};
+use crate::kernels::math::gelu_inplace_with;
 use crate::kernels::{Vector, Weights};
 
 /// The downsampler of one stage.
@@ -106,17 +108,26 @@ impl<'a> PatchEmbed<'a> {
     /// Downsample `x` (of `shape`) into `out`, a tile of output rows at a time.
     pub fn forward(
         &self,
+        exec: &mut dyn Executor,
         x: &[f32],
         out: &mut [f32],
         shape: Shape,
         arena: &mut Arena<'_>,
     ) -> Result<Shape, Error> {
-        self.forward_tiled(x, out, shape, self.tile_rows(self.out_shape(shape)), arena)
+        self.forward_tiled(
+            exec,
+            x,
+            out,
+            shape,
+            self.tile_rows(self.out_shape(shape)),
+            arena,
+        )
     }
 
     /// [`PatchEmbed::forward`] with `rows` output rows per tile.
     fn forward_tiled(
         &self,
+        exec: &mut dyn Executor,
         x: &[f32],
         out: &mut [f32],
         shape: Shape,
@@ -144,10 +155,10 @@ impl<'a> PatchEmbed<'a> {
                 let r0 = t * rows;
                 let r1 = r0 + dst.len() / row;
                 let mid = prefix_mut(tile, dst.len())?;
-                grouped_conv(&g, x, 0, self.lk_w, self.lk_b, r0..r1, mid, scratch)?;
-                gelu_inplace(mid);
-                linear_tiled(&self.pw, Some(&self.pw_b), mid, dst, lin)?;
-                gelu_inplace(dst);
+                grouped_conv_with(exec, &g, x, 0, self.lk_w, self.lk_b, r0..r1, mid, scratch)?;
+                gelu_inplace_with(exec, mid);
+                linear_tiled(exec, &self.pw, Some(&self.pw_b), mid, dst, lin)?;
+                gelu_inplace_with(exec, dst);
             }
             Ok(out_shape)
         })
@@ -194,14 +205,28 @@ mod tests {
         );
         let mut whole = vec![0f32; out_shape.len()];
         let mut buf = vec![0u8; 1 << 16];
-        pe.forward_tiled(&x, &mut whole, shape, 7, &mut Arena::new(&mut buf))
-            .unwrap();
+        pe.forward_tiled(
+            &mut glimpse_hal::Sequential,
+            &x,
+            &mut whole,
+            shape,
+            7,
+            &mut Arena::new(&mut buf),
+        )
+        .unwrap();
         // GELU output, not all zero: the comparison below means something.
         assert!(whole.iter().any(|v| v.abs() > 0.1));
         for rows in [1, 2, 3] {
             let mut got = vec![0f32; out_shape.len()];
-            pe.forward_tiled(&x, &mut got, shape, rows, &mut Arena::new(&mut buf))
-                .unwrap();
+            pe.forward_tiled(
+                &mut glimpse_hal::Sequential,
+                &x,
+                &mut got,
+                shape,
+                rows,
+                &mut Arena::new(&mut buf),
+            )
+            .unwrap();
             assert_eq!(got, whole, "{rows} rows per tile");
         }
     }

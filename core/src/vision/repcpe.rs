@@ -8,7 +8,9 @@ use super::{Shape, Work, find, kept, kernel_size, prefix, prefix_mut};
 use crate::arena::Arena;
 use crate::error::Error;
 use crate::image::Image;
-use crate::kernels::conv::{Grouped, Params, grouped_conv};
+use glimpse_hal::Executor;
+
+use crate::kernels::conv::{Grouped, Params, grouped_conv_with};
 
 /// One RepCPE.
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +73,7 @@ impl<'a> RepCpe<'a> {
     /// `out = dwconv(x) + b`.
     pub fn forward(
         &self,
+        exec: &mut dyn Executor,
         x: &[f32],
         out: &mut [f32],
         shape: Shape,
@@ -81,7 +84,17 @@ impl<'a> RepCpe<'a> {
         let out = prefix_mut(out, shape.len())?;
         arena.scope(|a| {
             let scratch = a.f32s(g.scratch_floats())?;
-            grouped_conv(&g, x, 0, self.w, self.b, 0..shape.height, out, scratch)
+            grouped_conv_with(
+                exec,
+                &g,
+                x,
+                0,
+                self.w,
+                self.b,
+                0..shape.height,
+                out,
+                scratch,
+            )
         })
     }
 }

@@ -9,6 +9,8 @@ use super::{Shape, Work, block_prefix, find, kept, kernel_size};
 use crate::arena::Arena;
 use crate::error::Error;
 use crate::image::Image;
+use glimpse_hal::Executor;
+
 use crate::kernels::conv::Params;
 
 /// One RepMixer block.
@@ -76,7 +78,13 @@ impl<'a> RepMixerBlock<'a> {
 
     /// Run the block on `x` in place: the RepMixer conv feeds the ConvFFN row by row (see
     /// [`super::convffn`]), so no second activation buffer is needed.
-    pub fn forward(&self, x: &mut [f32], shape: Shape, arena: &mut Arena<'_>) -> Result<(), Error> {
+    pub fn forward(
+        &self,
+        exec: &mut dyn Executor,
+        x: &mut [f32],
+        shape: Shape,
+        arena: &mut Arena<'_>,
+    ) -> Result<(), Error> {
         if shape.channels != self.dim {
             return Err(Error::Length {
                 what: "RepMixer block input channels",
@@ -84,6 +92,7 @@ impl<'a> RepMixerBlock<'a> {
                 got: shape.channels,
             });
         }
-        self.ffn.residual_in_place(x, shape, self.input(), arena)
+        self.ffn
+            .residual_in_place(exec, x, shape, self.input(), arena)
     }
 }

@@ -15,8 +15,11 @@ use super::{
 use crate::arena::Arena;
 use crate::error::Error;
 use crate::image::Image;
-use crate::kernels::conv::{Dense, Grouped, Params, dense_conv_planar, grouped_conv};
-use crate::kernels::math::gelu_inplace;
+use glimpse_hal::Executor;
+
+use crate::kernels::conv::{Dense, Grouped, Params, dense_conv_planar_on, grouped_conv_with};
+use crate::kernels::cpu::Cpu;
+use crate::kernels::math::gelu_inplace_with;
 use crate::kernels::{Vector, Weights};
 
 /// The stem's weights.
@@ -117,6 +120,7 @@ impl<'a> Stem<'a> {
     /// Run the stem on planar `pixels` into `out`, one output row at a time.
     pub fn forward(
         &self,
+        exec: &mut dyn Executor,
         pixels: &[f32],
         resolution: usize,
         out: &mut [f32],
@@ -153,15 +157,35 @@ impl<'a> Stem<'a> {
                             got: self.k1 * row0,
                         },
                     )?;
-                    dense_conv_planar(&g0, pixels, self.w0, self.b0, r..r + 1, slot, s0)?;
-                    gelu_inplace(slot);
+                    dense_conv_planar_on(
+                        Cpu::active(),
+                        exec,
+                        &g0,
+                        pixels,
+                        self.w0,
+                        self.b0,
+                        r..r + 1,
+                        slot,
+                        s0,
+                    )?;
+                    gelu_inplace_with(exec, slot);
                     filled += 1;
                 }
                 let rows = prefix(window, filled * row0)?;
-                grouped_conv(&g1, rows, start, self.w1, self.b1, oy..oy + 1, mid, s1)?;
-                gelu_inplace(mid);
-                linear_tiled(&self.w2, Some(&self.b2), mid, dst, lin)?;
-                gelu_inplace(dst);
+                grouped_conv_with(
+                    exec,
+                    &g1,
+                    rows,
+                    start,
+                    self.w1,
+                    self.b1,
+                    oy..oy + 1,
+                    mid,
+                    s1,
+                )?;
+                gelu_inplace_with(exec, mid);
+                linear_tiled(exec, &self.w2, Some(&self.b2), mid, dst, lin)?;
+                gelu_inplace_with(exec, dst);
             }
             Ok(shape)
         })

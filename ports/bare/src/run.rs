@@ -17,7 +17,7 @@ use glimpse_core::arena::ALIGN;
 use glimpse_core::decoder::KvFormat;
 use glimpse_core::planner::ArenaPlan;
 use glimpse_core::session::{ImageInput, Prompt, Session, SessionOptions};
-use glimpse_hal::{MonotonicClock, TokenSink};
+use glimpse_hal::{MonotonicClock, Sequential, TokenSink};
 use glimpse_quant::layout::ChatTemplate;
 
 use crate::error::Error;
@@ -162,7 +162,9 @@ pub fn run_request<'a, S: TokenSink, C: Counter>(
     let plan = ArenaPlan::new(&image, &opts.plan)?;
     let capacity = arena.len();
     let pad = arena.as_ptr().align_offset(ALIGN).min(ALIGN);
-    let mut session = Session::new(&image, arena, CounterClock(&mut *counter), opts)?;
+    // One core: the session is handed the sequential executor explicitly.
+    let mut session =
+        Session::new(&image, arena, CounterClock(&mut *counter), opts)?.with_executor(Sequential);
     let prompt = if raw {
         Prompt::Text(req.prompt)
     } else {
@@ -305,7 +307,8 @@ pub fn run_stream<O: TokenSink + FrameObserver, C: Counter>(
     }
     let (front, capture) = arena.split_at_mut(session_len);
     let capture = capture.get_mut(..frame_len).unwrap_or_default();
-    let mut session = Session::new(&image, front, CounterClock(&mut *counter), opts)?;
+    let mut session =
+        Session::new(&image, front, CounterClock(&mut *counter), opts)?.with_executor(Sequential);
     let prompt = Prompt::Chat {
         system: req.system,
         user: req.prompt,
