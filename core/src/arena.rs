@@ -102,6 +102,15 @@ impl<'a> Arena<'a> {
     /// `bytes` fresh bytes starting on an [`ALIGN`] boundary (zeroed: an arena is
     /// reused, and stale data must never leak into a result by accident).
     pub fn bytes(&mut self, bytes: usize) -> Result<&'a mut [u8], Error> {
+        let out = self.kept_bytes(bytes)?;
+        out.fill(0);
+        Ok(out)
+    }
+
+    /// `bytes` bytes starting on an [`ALIGN`] boundary, as they are: for state its owner
+    /// keeps in place from one use of the arena to the next (a session's KV cache) and
+    /// never reads before writing. Everything else takes [`Arena::bytes`].
+    pub fn kept_bytes(&mut self, bytes: usize) -> Result<&'a mut [u8], Error> {
         let size = padded(bytes);
         self.check(size)?;
         let pad = self.head_padding();
@@ -118,39 +127,13 @@ impl<'a> Arena<'a> {
         self.used += pad + size;
         self.peak = self.peak.max(self.used);
         let (out, _) = block.split_at_mut(bytes.min(block.len()));
-        out.fill(0);
-        Ok(out)
-    }
-
-    /// `bytes` bytes starting on an [`ALIGN`] boundary, as they are: for state its owner
-    /// keeps in place from one use of the arena to the next (a session's KV cache) and
-    /// never reads before writing. Everything else takes [`Arena::bytes`].
-    pub fn kept_bytes(&mut self, bytes: usize) -> Result<&'a mut [u8], Error> {
-        let size = padded(bytes);
-        self.check(size)?;
-        let pad = self.head_padding();
-        let free = core::mem::take(&mut self.free);
-        let Some((_, rest)) = free.split_at_mut_checked(pad) else {
-            return Err(self.too_small(pad + size));
-        };
-        let Some((block, rest)) = rest.split_at_mut_checked(size) else {
-            return Err(self.too_small(pad + size));
-        };
-        self.free = rest;
-        self.used += pad + size;
-        self.peak = self.peak.max(self.used);
-        let (out, _) = block.split_at_mut(bytes.min(block.len()));
         Ok(out)
     }
 
     /// [`Arena::kept_bytes`] as `len` values of `T`.
     pub fn kept<T: bytemuck::Pod>(&mut self, len: usize) -> Result<&'a mut [T], Error> {
-        let bytes = len.saturating_mul(core::mem::size_of::<T>());
-        let raw = self.kept_bytes(bytes)?;
-        bytemuck::try_cast_slice_mut(raw).map_err(|_| Error::Arena {
-            needed: bytes,
-            capacity: self.capacity,
-        })
+        let raw = self.kept_bytes(len.saturating_mul(core::mem::size_of::<T>()))?;
+        self.cast(raw, len)
     }
 
     fn too_small(&self, need: usize) -> Error {
@@ -171,8 +154,14 @@ impl<'a> Arena<'a> {
     }
 
     fn typed<T: bytemuck::Pod>(&mut self, len: usize) -> Result<&'a mut [T], Error> {
+        let out = self.kept::<T>(len)?;
+        bytemuck::cast_slice_mut::<T, u8>(out).fill(0);
+        Ok(out)
+    }
+
+    /// Bytes of `len` values of `T` as a typed slice (start aligned by the arena).
+    fn cast<T: bytemuck::Pod>(&self, raw: &'a mut [u8], len: usize) -> Result<&'a mut [T], Error> {
         let bytes = len.saturating_mul(core::mem::size_of::<T>());
-        let raw = self.bytes(bytes)?;
         // Cannot fail: the start is ALIGN-aligned (ALIGN >= align_of::<T>()) and the
         // length is len * size_of::<T>().
         bytemuck::try_cast_slice_mut(raw).map_err(|_| Error::Arena {

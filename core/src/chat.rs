@@ -35,7 +35,27 @@ struct Writer<'o> {
     needed: usize,
 }
 
-impl Writer<'_> {
+impl<'o> Writer<'o> {
+    fn new(out: &'o mut [u8]) -> Self {
+        Writer {
+            out,
+            len: 0,
+            needed: 0,
+        }
+    }
+
+    /// A user turn (with the picture's placeholder first when asked), then the assistant
+    /// header, so the model answers next.
+    fn user_turn(&mut self, user: &str, image: bool) {
+        self.put("<|im_start|>user\n");
+        if image {
+            self.put(IMAGE_PLACEHOLDER);
+            self.put("\n");
+        }
+        self.put(user);
+        self.put("<|im_end|>\n<|im_start|>assistant\n");
+    }
+
     fn put(&mut self, s: &str) {
         let end = self.len + s.len();
         if let Some(dst) = self.out.get_mut(self.len..end) {
@@ -43,6 +63,22 @@ impl Writer<'_> {
             self.len = end;
         }
         self.needed += s.len();
+    }
+
+    /// The text written, or [`Error::Length`] with the length needed when it did not fit.
+    fn finish(self) -> Result<&'o str, Error> {
+        let cap = self.out.len();
+        let too_small = Error::Length {
+            what: "chat prompt buffer",
+            expected: self.needed,
+            got: cap,
+        };
+        if self.needed > cap {
+            return Err(too_small);
+        }
+        let bytes = self.out.get(..self.len).unwrap_or(&[]);
+        // Only whole `&str`s were copied in, so this cannot fail.
+        core::str::from_utf8(bytes).map_err(|_| too_small)
     }
 }
 
@@ -55,12 +91,7 @@ pub fn render<'o>(
     turn: &Turn<'_>,
     out: &'o mut [u8],
 ) -> Result<&'o str, Error> {
-    let cap = out.len();
-    let mut w = Writer {
-        out,
-        len: 0,
-        needed: 0,
-    };
+    let mut w = Writer::new(out);
     match template {
         ChatTemplate::None => {
             if turn.image {
@@ -78,30 +109,10 @@ pub fn render<'o>(
                 w.put(system);
                 w.put("<|im_end|>\n");
             }
-            w.put("<|im_start|>user\n");
-            if turn.image {
-                w.put(IMAGE_PLACEHOLDER);
-                w.put("\n");
-            }
-            w.put(turn.user);
-            w.put("<|im_end|>\n<|im_start|>assistant\n");
+            w.user_turn(turn.user, turn.image);
         }
     }
-    if w.needed > cap {
-        return Err(Error::Length {
-            what: "chat prompt buffer",
-            expected: w.needed,
-            got: cap,
-        });
-    }
-    let len = w.len;
-    let bytes = w.out.get(..len).unwrap_or(&[]);
-    // Only whole `&str`s were copied in, so this cannot fail.
-    core::str::from_utf8(bytes).map_err(|_| Error::Length {
-        what: "chat prompt buffer",
-        expected: w.needed,
-        got: cap,
-    })
+    w.finish()
 }
 
 /// Render the next user turn of a conversation whose transcript so far ends with the
@@ -115,37 +126,18 @@ pub fn render_follow_up<'o>(
     close_answer: bool,
     out: &'o mut [u8],
 ) -> Result<&'o str, Error> {
-    let cap = out.len();
-    let mut w = Writer {
-        out,
-        len: 0,
-        needed: 0,
-    };
+    let mut w = Writer::new(out);
     match template {
         ChatTemplate::None => w.put(user),
         ChatTemplate::ImStart { .. } => {
             if close_answer {
                 w.put(IM_END);
             }
-            w.put("\n<|im_start|>user\n");
-            w.put(user);
-            w.put("<|im_end|>\n<|im_start|>assistant\n");
+            w.put("\n");
+            w.user_turn(user, false);
         }
     }
-    if w.needed > cap {
-        return Err(Error::Length {
-            what: "chat prompt buffer",
-            expected: w.needed,
-            got: cap,
-        });
-    }
-    let len = w.len;
-    let bytes = w.out.get(..len).unwrap_or(&[]);
-    core::str::from_utf8(bytes).map_err(|_| Error::Length {
-        what: "chat prompt buffer",
-        expected: w.needed,
-        got: cap,
-    })
+    w.finish()
 }
 
 /// The end-of-turn marker of the `<|im_start|>` templates.

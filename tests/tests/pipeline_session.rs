@@ -539,9 +539,11 @@ fn glimpse_run_takes_a_picture_and_refuses_what_it_cannot_do() {
         activations: Default::default(),
         pipeline: glimpse_tools::run::PipelineArgs {
             picture: picture.then(|| fixture_dir().join("image.png")),
-            image_size: None,
-            context: Some(128),
-            kv: KvArg::F16,
+            shape: glimpse_tools::run::ShapeArgs {
+                image_size: None,
+                context: Some(128),
+                kv: KvArg::F16,
+            },
         },
     };
     glimpse_tools::run::run(&args(true, false)).unwrap();

@@ -17,8 +17,7 @@ use glimpse_core::sampler::SamplerConfig;
 use glimpse_core::session::{ImageInput, Prompt, Report, Session, SessionOptions};
 use glimpse_hal::{ErrorKind, ErrorType, TokenSink};
 
-use crate::plan::KvArg;
-use crate::run::{HostClock, Picture, arena_for, load_picture};
+use crate::run::{HostClock, Picture, ShapeArgs, arena_for, load_picture};
 
 /// Longest user line, in bytes (the prompt buffer is planned for it).
 pub const MAX_LINE_BYTES: usize = 4096;
@@ -44,12 +43,9 @@ pub struct ChatArgs {
     /// Sampling seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Context positions the conversation may use (default: 2048, or the model's maximum).
-    #[arg(long, value_name = "N")]
-    pub context: Option<usize>,
-    /// KV cache format.
-    #[arg(long, value_enum, default_value = "f16")]
-    pub kv: KvArg,
+    /// Resolution, context (the positions the conversation may use) and KV format.
+    #[command(flatten)]
+    pub shape: ShapeArgs,
 }
 
 /// Writes the answer as it streams.
@@ -244,10 +240,7 @@ pub fn run(a: &ChatArgs) -> Result<ExitCode> {
         ..SamplerConfig::default()
     };
     let mut opts = SessionOptions::for_model(&image, side, prompt_bytes).with_sampler(sampler);
-    if let Some(c) = a.context {
-        opts.plan.max_context = c;
-    }
-    opts.plan.kv = a.kv.into();
+    a.shape.apply(&mut opts);
     opts.plan.kv_across_pictures = vision;
     opts.max_new_tokens = a.max_tokens;
     let plan = ArenaPlan::new(&image, &opts.plan)?;

@@ -28,6 +28,14 @@ pub struct PipelineArgs {
     /// A PNG or JPEG picture to ask about (VLM images; without it they run text-only).
     #[arg(long = "image", value_name = "FILE")]
     pub picture: Option<PathBuf>,
+    /// Resolution, context and KV format.
+    #[command(flatten)]
+    pub shape: ShapeArgs,
+}
+
+/// What a session's plan is sized for, as `run`, `stream` and `chat` take it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ShapeArgs {
     /// Input resolution (a multiple of the encoder stride; default: the model's).
     #[arg(long, value_name = "R")]
     pub image_size: Option<usize>,
@@ -37,6 +45,17 @@ pub struct PipelineArgs {
     /// KV cache format.
     #[arg(long, value_enum, default_value = "f16")]
     pub kv: KvArg,
+}
+
+impl ShapeArgs {
+    /// Change `o`'s plan as the flags say.
+    pub fn apply(&self, o: &mut SessionOptions) {
+        o.plan.resolution = self.image_size;
+        if let Some(c) = self.context {
+            o.plan.max_context = c;
+        }
+        o.plan.kv = self.kv.into();
+    }
 }
 
 pub use glimpse_host::{HostClock, Picture};
@@ -108,7 +127,6 @@ pub fn session_options(
     image: &Image<'_>,
     picture: Option<&Picture>,
 ) -> SessionOptions {
-    let p = &a.pipeline;
     let sampler = SamplerConfig {
         temperature: a.temp,
         top_k: a.top_k,
@@ -121,11 +139,7 @@ pub fn session_options(
         a.prompt.as_deref().map_or(0, str::len) + a.system.as_deref().map_or(0, str::len);
     let frame_side = picture.map(|pic| pic.width.max(pic.height));
     let mut o = SessionOptions::for_model(image, frame_side, prompt_bytes).with_sampler(sampler);
-    o.plan.resolution = p.image_size;
-    if let Some(c) = p.context {
-        o.plan.max_context = c;
-    }
-    o.plan.kv = p.kv.into();
+    a.pipeline.shape.apply(&mut o);
     o.max_new_tokens = a.max_tokens;
     o.q8_activations = a.activations.into();
     o

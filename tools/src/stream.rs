@@ -19,8 +19,7 @@ use glimpse_core::session::{Prompt, Session, SessionOptions};
 use glimpse_core::stream::FrameStream;
 use glimpse_host::video::{RawFrames, VideoError, animation_frames, directory_frames, parse_size};
 
-use crate::plan::KvArg;
-use crate::run::{CollectSink, HostClock, Picture, arena_for};
+use crate::run::{CollectSink, HostClock, Picture, ShapeArgs, arena_for};
 
 /// Default change threshold: 0.2% of full scale, as the mean luma difference of the
 /// 16x16 thumbnails. On the bundled clip a held frame measures 0 and a 3-pixel slide
@@ -64,15 +63,9 @@ pub struct StreamArgs {
     /// arena; for comparing TTFT).
     #[arg(long)]
     pub no_prefix_reuse: bool,
-    /// Input resolution (default: the model's).
-    #[arg(long, value_name = "R")]
-    pub image_size: Option<usize>,
-    /// Context positions (default: 2048, or the model's maximum).
-    #[arg(long, value_name = "N")]
-    pub context: Option<usize>,
-    /// KV cache format.
-    #[arg(long, value_enum, default_value = "f16")]
-    pub kv: KvArg,
+    /// Resolution, context and KV format.
+    #[command(flatten)]
+    pub shape: ShapeArgs,
     /// One JSON object per frame, then a summary line.
     #[arg(long)]
     pub json: bool,
@@ -133,11 +126,7 @@ pub fn run(a: &StreamArgs) -> Result<ExitCode> {
     let (frames, side) = frames_of(a)?;
     let prompt_bytes = a.prompt.len() + a.system.as_deref().map_or(0, str::len);
     let mut opts = SessionOptions::for_model(&image, Some(side), prompt_bytes);
-    opts.plan.resolution = a.image_size;
-    if let Some(c) = a.context {
-        opts.plan.max_context = c;
-    }
-    opts.plan.kv = a.kv.into();
+    a.shape.apply(&mut opts);
     opts.plan.kv_across_pictures = !a.no_prefix_reuse;
     opts.max_new_tokens = a.max_tokens;
     let plan = ArenaPlan::new(&image, &opts.plan)?;

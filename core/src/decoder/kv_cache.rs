@@ -121,25 +121,18 @@ impl<'a> KvCache<'a> {
         kv_dim: usize,
         format: KvFormat,
     ) -> Result<Self, Error> {
-        let bytes = Self::tensor_bytes_as(layers, max_context, kv_dim, format);
-        arena.check(padded(bytes).saturating_mul(2))?;
-        let elems = bytes / format.bytes();
-        let store = match format {
-            KvFormat::F32 => Store::F32 {
-                k: arena.f32s(elems)?,
-                v: arena.f32s(elems)?,
-            },
-            KvFormat::F16 => Store::F16 {
-                k: arena.f16s(elems)?,
-                v: arena.f16s(elems)?,
-            },
-        };
-        Ok(KvCache {
-            store,
-            layers,
-            max_context,
-            kv_dim,
-        })
+        let mut cache = Self::kept(arena, layers, max_context, kv_dim, format)?;
+        match &mut cache.store {
+            Store::F32 { k, v } => {
+                k.fill(0.0);
+                v.fill(0.0);
+            }
+            Store::F16 { k, v } => {
+                k.fill(f16::ZERO);
+                v.fill(f16::ZERO);
+            }
+        }
+        Ok(cache)
     }
 
     /// [`KvCache::with_format`] over bytes that already hold a cache from an earlier use

@@ -328,6 +328,21 @@ fn plan(s: &Shape, max_context: usize, chunk: usize, format: KvFormat) -> [usize
     ]
 }
 
+/// [`plan`] for a state that can exist: a context and a chunk of at least one position.
+fn checked_plan(
+    s: &Shape,
+    max_context: usize,
+    chunk: usize,
+    format: KvFormat,
+) -> Result<[usize; 14], Error> {
+    if max_context == 0 || chunk == 0 {
+        return Err(Error::Config {
+            what: "max_context and the prefill chunk must be non-zero",
+        });
+    }
+    Ok(plan(s, max_context, chunk, format))
+}
+
 /// Largest linear scratch any decoder matrix needs for `n` rows, over every format a
 /// matrix may be stored in (the lm_head runs with `n` rows when all logits are asked).
 fn scratch_bytes(s: &Shape, n: usize) -> usize {
@@ -408,10 +423,8 @@ impl<'a, 'w> DecoderState<'a, 'w> {
         chunk: usize,
         format: KvFormat,
     ) -> Result<usize, Error> {
-        let s = Shape::from_config(config)?;
-        Ok(plan(&s, max_context, chunk.max(1), format)
-            .iter()
-            .fold(0usize, |a, &b| a.saturating_add(padded(b))))
+        Ok(Self::kv_padded_bytes(config, max_context, format)?
+            .saturating_add(Self::work_padded_bytes(config, max_context, chunk)?))
     }
 
     /// Bytes of the KV cache alone (its two tensors, each padded), for a planned region
@@ -469,13 +482,8 @@ impl<'a, 'w> DecoderState<'a, 'w> {
         chunk: usize,
         format: KvFormat,
     ) -> Result<Self, Error> {
-        if max_context == 0 || chunk == 0 {
-            return Err(Error::Config {
-                what: "max_context and the prefill chunk must be non-zero",
-            });
-        }
         let s = decoder.shape;
-        let sizes = plan(&s, max_context, chunk, format);
+        let sizes = checked_plan(&s, max_context, chunk, format)?;
         arena.check(
             sizes
                 .iter()
@@ -497,14 +505,8 @@ impl<'a, 'w> DecoderState<'a, 'w> {
         chunk: usize,
         format: KvFormat,
     ) -> Result<Self, Error> {
-        if max_context == 0 || chunk == 0 {
-            return Err(Error::Config {
-                what: "max_context and the prefill chunk must be non-zero",
-            });
-        }
         let s = decoder.shape;
-        let sizes = plan(&s, max_context, chunk, format);
-        let [k, v, rest @ ..] = sizes;
+        let [k, v, rest @ ..] = checked_plan(&s, max_context, chunk, format)?;
         kv.check(padded(k).saturating_add(padded(v)))?;
         work.check(
             rest.iter()

@@ -118,13 +118,18 @@ impl<W> ErrorType for ConsoleSink<W> {
 impl<W: Write> TokenSink for ConsoleSink<W> {
     fn token(&mut self, _id: u32, bytes: &[u8]) -> Result<(), WriteError> {
         self.start()?;
-        // The runner hands over whole characters; anything else is shown, not dropped.
-        let r = match core::str::from_utf8(bytes) {
-            Ok(s) => self.out.write_str(s),
-            Err(_) => self.out.write_char(char::REPLACEMENT_CHARACTER),
-        };
-        r.map_err(|_| WriteError)
+        write_text(&mut self.out, bytes)
     }
+}
+
+/// A token's text: the runner hands over whole characters; anything else is shown as
+/// U+FFFD, not dropped.
+fn write_text<W: Write>(out: &mut W, bytes: &[u8]) -> Result<(), WriteError> {
+    let r = match core::str::from_utf8(bytes) {
+        Ok(s) => out.write_str(s),
+        Err(_) => out.write_char(char::REPLACEMENT_CHARACTER),
+    };
+    r.map_err(|_| WriteError)
 }
 
 fn print_report<W: Write>(
@@ -200,11 +205,7 @@ impl<W: Write> StreamConsole<'_, W> {
 impl<W: Write> TokenSink for StreamConsole<'_, W> {
     fn token(&mut self, _id: u32, bytes: &[u8]) -> Result<(), WriteError> {
         self.start()?;
-        let r = match core::str::from_utf8(bytes) {
-            Ok(s) => self.out.write_str(s),
-            Err(_) => self.out.write_char(char::REPLACEMENT_CHARACTER),
-        };
-        r.map_err(|_| WriteError)
+        write_text(self.out, bytes)
     }
 }
 
