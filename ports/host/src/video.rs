@@ -300,6 +300,32 @@ mod tests {
     }
 
     #[test]
+    fn gif_frames_are_expanded_by_their_delay() {
+        use image::codecs::gif::GifEncoder;
+        use image::{Delay, Frame, RgbaImage};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clip.gif");
+        {
+            let file = std::fs::File::create(&path).unwrap();
+            let mut enc = GifEncoder::new(file);
+            // Flat frames: GIF's palette holds these colours exactly.
+            for (v, ms) in [(0u8, 100u32), (255, 300), (0, 100)] {
+                let img = RgbaImage::from_pixel(4, 3, image::Rgba([v, v, v, 255]));
+                enc.encode_frame(Frame::from_parts(img, 0, 0, Delay::from_numer_denom_ms(ms, 1)))
+                    .unwrap();
+            }
+        }
+        let frames = animation_frames(&path).unwrap();
+        let firsts: Vec<u8> = frames.iter().map(|p| p.rgb[0]).collect();
+        // The 300 ms frame is three 100 ms frames.
+        assert_eq!(firsts, vec![0, 255, 255, 255, 0]);
+        assert!(frames.iter().all(|p| (p.width, p.height) == (4, 3)));
+        std::fs::write(dir.path().join("bad.gif"), b"GIF89a nonsense").unwrap();
+        let err = animation_frames(&dir.path().join("bad.gif")).unwrap_err().to_string();
+        assert!(err.starts_with("frame 0 (") && err.contains("bad.gif"), "{err}");
+    }
+
+    #[test]
     fn directories_are_sorted_and_bad_files_named() {
         let dir = tempfile::tempdir().unwrap();
         for (name, v) in [("b.png", 20u8), ("a.png", 10)] {
