@@ -78,6 +78,7 @@ impl fmt::Display for Dims {
 /// What the core can refuse. Every check happens before the state it guards changes, so
 /// after an error the caller may fix the input and retry.
 #[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum Error {
     /// The weights image is malformed, or an image accessor refused.
