@@ -10,18 +10,15 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod adapters;
 mod clock;
 mod error;
 mod executor;
 mod frame;
 mod sink;
-pub mod spi_flash;
-mod weights;
 
 pub use clock::MonotonicClock;
 pub use error::{Error, ErrorKind, ErrorType};
 pub use executor::{Executor, Sequential};
 pub use frame::{FrameInfo, FrameSource, PixelFormat};
 pub use sink::TokenSink;
-pub use spi_flash::{AddressMode, CacheStats, SpiNorError, SpiNorStore};
-pub use weights::{DirectWeights, SliceStore, SliceStoreError, StoreSize, WeightStore};

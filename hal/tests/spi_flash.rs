@@ -4,9 +4,8 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use embedded_hal::spi::{self, Operation, SpiDevice};
-use glimpse_hal::{
-    AddressMode, Error as _, ErrorKind, SpiNorError, SpiNorStore, StoreSize, WeightStore,
-};
+use glimpse_hal::adapters::{AddressMode, SpiNorError, SpiNorStore, StoreSize, WeightStore};
+use glimpse_hal::{Error as _, ErrorKind};
 
 /// Flash contents: a keyed hash of the address, so a store that sends the wrong address
 /// (or truncates it to 3 bytes) reads different bytes, and parts of any size cost no memory.

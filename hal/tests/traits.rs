@@ -3,9 +3,10 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use glimpse_hal::adapters::{DirectWeights, SliceStore, SliceStoreError, StoreSize, WeightStore};
 use glimpse_hal::{
-    DirectWeights, Error, ErrorKind, ErrorType, Executor, FrameInfo, FrameSource, MonotonicClock,
-    PixelFormat, Sequential, SliceStore, SliceStoreError, StoreSize, TokenSink, WeightStore,
+    Error, ErrorKind, ErrorType, Executor, FrameInfo, FrameSource, MonotonicClock, PixelFormat,
+    Sequential, TokenSink,
 };
 
 /// Advances by a fixed step per reading, so elapsed times are predictable.

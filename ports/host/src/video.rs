@@ -311,8 +311,13 @@ mod tests {
             // Flat frames: GIF's palette holds these colours exactly.
             for (v, ms) in [(0u8, 100u32), (255, 300), (0, 100)] {
                 let img = RgbaImage::from_pixel(4, 3, image::Rgba([v, v, v, 255]));
-                enc.encode_frame(Frame::from_parts(img, 0, 0, Delay::from_numer_denom_ms(ms, 1)))
-                    .unwrap();
+                enc.encode_frame(Frame::from_parts(
+                    img,
+                    0,
+                    0,
+                    Delay::from_numer_denom_ms(ms, 1),
+                ))
+                .unwrap();
             }
         }
         let frames = animation_frames(&path).unwrap();
@@ -321,8 +326,13 @@ mod tests {
         assert_eq!(firsts, vec![0, 255, 255, 255, 0]);
         assert!(frames.iter().all(|p| (p.width, p.height) == (4, 3)));
         std::fs::write(dir.path().join("bad.gif"), b"GIF89a nonsense").unwrap();
-        let err = animation_frames(&dir.path().join("bad.gif")).unwrap_err().to_string();
-        assert!(err.starts_with("frame 0 (") && err.contains("bad.gif"), "{err}");
+        let err = animation_frames(&dir.path().join("bad.gif"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("frame 0 (") && err.contains("bad.gif"),
+            "{err}"
+        );
     }
 
     #[test]

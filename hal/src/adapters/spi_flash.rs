@@ -9,7 +9,8 @@ use core::fmt;
 
 use embedded_hal::spi::{Operation, SpiDevice};
 
-use crate::{Error, ErrorKind, ErrorType, StoreSize, WeightStore};
+use super::weights::{StoreSize, WeightStore};
+use crate::{Error, ErrorKind, ErrorType};
 
 /// The largest part a 3-byte address reaches.
 const THREE_BYTE_LIMIT: u64 = 1 << 24;
