@@ -395,9 +395,7 @@ impl Buf {
     }
 }
 
-/// Longest piece (in bytes) the tokenizer workspace holds: the tokenizer docs' bound for
-/// natural text (runs of one character class longer than this are refused).
-pub const MAX_PIECE_BYTES: usize = 4096;
+pub use crate::tokenizer::MAX_PIECE_BYTES;
 
 /// Longest frame side a plan prepares preprocessing for unless told otherwise.
 pub const DEFAULT_MAX_FRAME_SIDE: usize = 4096;

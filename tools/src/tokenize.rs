@@ -4,13 +4,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use glimpse_core::Image;
-use glimpse_core::tokenizer::{Specials, Tokenizer, Workspace};
+use glimpse_core::tokenizer::{MAX_PIECE_BYTES, Specials, Tokenizer, Workspace};
 
 use crate::TokenizeArgs;
-
-/// Longest pre-tokenized piece the host accepts, in bytes (a whitespace or digit run;
-/// words are far shorter). The device picks its own bound.
-pub const MAX_PIECE_BYTES: usize = 1 << 16;
 
 /// Encode `text` with host-sized buffers: ids can never outnumber the bytes of the NFC
 /// form, which is at most three times the input.

@@ -183,6 +183,11 @@ impl<'a> Tables<'a> {
     }
 }
 
+/// Longest piece (in bytes) a planned tokenizer workspace holds, on the host and on
+/// devices alike: the bound for natural text (words are far shorter; runs of one
+/// character class longer than this, such as 10 kB of spaces, are refused).
+pub const MAX_PIECE_BYTES: usize = 4096;
+
 /// Caller-owned working memory for [`Tokenizer::encode`].
 ///
 /// - `piece`: two words per byte of the longest piece (the merge state and the cached
