@@ -100,3 +100,67 @@ mod tests {
         assert_eq!(a.as_slice(), &data[..]);
     }
 }
+
+/// SplitMix64: tiny, seedable, good enough to pick bytes, positions and test values.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0); the modulo bias is irrelevant here.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    /// `n` random bytes.
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next_u64() as u8).collect()
+    }
+}
+
+/// Largest |a - b| (the slices must have one length).
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Convert with `opts` (an HF directory or a GGUF to `opts.output`), panicking with the
+/// converter's message on failure; returns the output path.
+pub fn convert_file(opts: &glimpse_tools::convert::Options) -> PathBuf {
+    glimpse_tools::convert::convert(opts)
+        .unwrap_or_else(|e| panic!("converting {}: {e:#}", opts.input.display()));
+    opts.output.clone()
+}
+
+/// `input` converted with `quant` (the CLI's defaults otherwise), as aligned bytes.
+pub fn convert_to_bytes(input: &std::path::Path, quant: glimpse_tools::QuantArg) -> AlignedBytes {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = glimpse_tools::convert::Options::new(
+        input.to_path_buf(),
+        dir.path().join("model.glim"),
+        quant,
+    );
+    convert_bytes(&opts)
+}
+
+/// Convert with `opts` and read the output back as aligned bytes.
+pub fn convert_bytes(opts: &glimpse_tools::convert::Options) -> AlignedBytes {
+    let path = convert_file(opts);
+    AlignedBytes::new(&std::fs::read(&path).expect("reading the converted image"))
+}

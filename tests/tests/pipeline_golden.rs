@@ -31,13 +31,7 @@ fn max_abs(v: &[f32]) -> f32 {
     v.iter().fold(0.0, |m, x| m.max(x.abs()))
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
+use glimpse_tests::max_abs_diff;
 
 /// A session on `image` with `opts` in an arena of exactly its plan.
 fn with_session<R>(

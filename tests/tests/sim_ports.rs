@@ -43,7 +43,7 @@ use glimpse_core::preprocess::Frame;
 use glimpse_hal::PixelFormat;
 use glimpse_tests::{AlignedBytes, glimpse_bin, workspace_root};
 use glimpse_tools::QuantArg;
-use glimpse_tools::convert::{Options, convert};
+use glimpse_tools::convert::Options;
 use glimpse_tools::run::load_picture;
 use glimpse_tools::sim::{self, Port, SimOptions, SimOutcome};
 use tokenizer_common::{asset, smollm2_gguf};
@@ -71,8 +71,7 @@ fn smollm2_image() -> Option<&'static Path> {
             let gguf = asset(smollm2_gguf())?;
             let dir = tempfile::tempdir().expect("tempdir");
             let output = dir.path().join("smollm2-135m-q8_0.glim");
-            let opts = Options::new(gguf, output.clone(), QuantArg::Q8_0);
-            convert(&opts).unwrap_or_else(|e| panic!("converting SmolLM2: {e:#}"));
+            let output = glimpse_tests::convert_file(&Options::new(gguf, output, QuantArg::Q8_0));
             Some((dir, output))
         })
         .as_ref()
@@ -89,8 +88,8 @@ fn converted_once(
     let (_, path) = cell.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tempdir");
         let output = dir.path().join("model.glim");
-        let opts = Options::new(workspace_root().join(input), output.clone(), quant);
-        convert(&opts).unwrap_or_else(|e| panic!("converting {input}: {e:#}"));
+        let output =
+            glimpse_tests::convert_file(&Options::new(workspace_root().join(input), output, quant));
         (dir, output)
     });
     path

@@ -27,7 +27,6 @@ use glimpse_core::session::{Prompt, Session, SessionOptions};
 use glimpse_core::tokenizer::{Specials, Tokenizer};
 use glimpse_tests::{AlignedBytes, fixtures_dir};
 use glimpse_tools::QuantArg;
-use glimpse_tools::convert::{Options, convert};
 use glimpse_tools::run::{CollectSink, HostClock};
 use serde_json::Value;
 use tokenizer_common::*;
@@ -48,13 +47,7 @@ fn fixture(name: &str) -> Value {
 /// The SmolLM2 GGUF converted with `quant`, or `None` when the asset is missing.
 fn converted(quant: QuantArg) -> Option<AlignedBytes> {
     let gguf = asset(smollm2_gguf())?;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir.path().join("smollm2.glim");
-    let opts = Options::new(gguf, out.clone(), quant);
-    convert(&opts).unwrap_or_else(|e| panic!("converting: {e:#}"));
-    Some(AlignedBytes::new(
-        &std::fs::read(&out).expect("reading the image"),
-    ))
+    Some(glimpse_tests::convert_to_bytes(&gguf, quant))
 }
 
 /// Render and encode each fixture prompt; checks the ids against llama.cpp's.

@@ -9,7 +9,7 @@ use std::path::Path;
 use glimpse_core::arena::Arena;
 use glimpse_core::vision::VisionEncoder;
 use glimpse_core::{Error, Image};
-use glimpse_tools::convert::{Options, convert};
+use glimpse_tools::convert::Options;
 use glimpse_tools::encode::run;
 use glimpse_tools::{EncodeArgs, EncodeStage, KeepArg, QuantArg, npy};
 use vision_common::*;
@@ -17,8 +17,11 @@ use vision_common::*;
 const CONFIG: &str = "four_stage_160";
 
 fn convert_to(dir: &Path, out: &Path) {
-    let opts = Options::new(dir.to_path_buf(), out.to_path_buf(), QuantArg::F32);
-    convert(&opts).unwrap();
+    glimpse_tests::convert_file(&Options::new(
+        dir.to_path_buf(),
+        out.to_path_buf(),
+        QuantArg::F32,
+    ));
 }
 
 fn args(image: &Path, pixels: &Path, stage: EncodeStage, output: &Path) -> EncodeArgs {

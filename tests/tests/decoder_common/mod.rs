@@ -3,23 +3,13 @@
 
 #![allow(dead_code)]
 
-use std::path::Path;
-
 use glimpse_core::Image;
 use glimpse_core::arena::Arena;
 use glimpse_core::decoder::{Decoder, DecoderState};
-use glimpse_tests::AlignedBytes;
-use glimpse_tools::QuantArg;
-use glimpse_tools::convert::{Options, convert};
 
-/// Convert `input` (HF directory or GGUF) with `quant`, returning the image bytes.
-pub fn convert_to_bytes(input: &Path, quant: QuantArg) -> AlignedBytes {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let output = dir.path().join("model.glim");
-    let opts = Options::new(input.to_path_buf(), output.clone(), quant);
-    convert(&opts).unwrap_or_else(|e| panic!("converting {}: {e:#}", input.display()));
-    AlignedBytes::new(&std::fs::read(&output).expect("reading the image"))
-}
+// Each test binary that includes this module uses part of it.
+#[allow(unused_imports)]
+pub use glimpse_tests::{convert_to_bytes, max_abs_diff};
 
 /// Every position's logits for `tokens`, prefilled `chunk` positions at a time.
 pub fn prefill_all(image: &Image, tokens: &[u32], chunk: usize) -> Vec<f32> {
@@ -58,14 +48,6 @@ pub fn decode_each(image: &Image, tokens: &[u32]) -> Vec<f32> {
         out.extend_from_slice(st.decode_one(t).unwrap());
     }
     out
-}
-
-pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 pub fn argmax(row: &[f32]) -> usize {

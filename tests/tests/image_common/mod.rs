@@ -12,32 +12,9 @@ use glimpse_quant::layout::{
 };
 use glimpse_quant::writer::ImageBuilder;
 
-/// SplitMix64: tiny, seedable, good enough to pick bytes and positions.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0); the modulo bias is irrelevant here.
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-
-    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next_u64() as u8).collect()
-    }
-}
+// Each test binary that includes this module uses part of it.
+#[allow(unused_imports)]
+pub use glimpse_tests::Rng;
 
 /// A tensor as it went into the builder.
 #[derive(Debug, Clone, PartialEq)]

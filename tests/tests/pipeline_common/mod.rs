@@ -11,7 +11,7 @@ use glimpse_core::sampler::StopTokens;
 use glimpse_core::session::SessionOptions;
 use glimpse_hal::{ErrorType, TokenSink};
 use glimpse_tests::AlignedBytes;
-use glimpse_tools::convert::{Options, convert};
+use glimpse_tools::convert::Options;
 use glimpse_tools::run::{Picture, load_picture};
 use glimpse_tools::{KeepArg, QuantArg};
 use serde_json::Value;
@@ -39,13 +39,11 @@ pub fn ids(v: &Value) -> Vec<u32> {
 /// The fixture checkpoint converted with `quant` / `keep`.
 pub fn converted(quant: QuantArg, keep: KeepArg) -> AlignedBytes {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let output = tmp.path().join("pipeline.glim");
     let opts = Options {
         keep,
-        ..Options::new(fixture_dir(), output.clone(), quant)
+        ..Options::new(fixture_dir(), tmp.path().join("pipeline.glim"), quant)
     };
-    convert(&opts).unwrap_or_else(|e| panic!("converting the pipeline fixture: {e:#}"));
-    AlignedBytes::new(&std::fs::read(&output).expect("reading the image"))
+    glimpse_tests::convert_bytes(&opts)
 }
 
 /// The fixture picture, decoded.

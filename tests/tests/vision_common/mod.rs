@@ -10,7 +10,7 @@ use glimpse_core::arena::Arena;
 use glimpse_core::projector::Projector;
 use glimpse_core::vision::{Shape, Tap, VisionEncoder};
 use glimpse_tests::AlignedBytes;
-use glimpse_tools::convert::{Options, convert};
+use glimpse_tools::convert::Options;
 use glimpse_tools::{KeepArg, QuantArg};
 
 /// The golden configs made by tests/scripts/make_vision_fixtures.py.
@@ -30,13 +30,11 @@ pub fn load(dir: &Path, file: &str) -> (Vec<usize>, Vec<f32>) {
 /// Convert a fixture checkpoint with the given formats; returns the image bytes.
 pub fn convert_fixture(dir: &Path, quant: QuantArg, keep: KeepArg) -> AlignedBytes {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let output = tmp.path().join("model.glim");
     let opts = Options {
         keep,
-        ..Options::new(dir.to_path_buf(), output.clone(), quant)
+        ..Options::new(dir.to_path_buf(), tmp.path().join("model.glim"), quant)
     };
-    convert(&opts).unwrap_or_else(|e| panic!("converting {}: {e:#}", dir.display()));
-    AlignedBytes::new(&std::fs::read(&output).expect("reading the image"))
+    glimpse_tests::convert_bytes(&opts)
 }
 
 /// Everything one encoder run produced.
@@ -95,14 +93,9 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     ab / (aa.sqrt() * bb.sqrt()).max(f64::MIN_POSITIVE)
 }
 
-/// Largest |a - b|.
-pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
+// Each test binary that includes this module uses part of it.
+#[allow(unused_imports)]
+pub use glimpse_tests::max_abs_diff;
 
 /// Largest |x|.
 pub fn max_abs(a: &[f32]) -> f32 {
