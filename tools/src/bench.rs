@@ -29,8 +29,8 @@ use serde::Serialize;
 /// Arguments of `glimpse bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// The .glim image (decoder, vision encoder, or both).
-    #[arg(value_name = "IMG")]
+    /// The model (.glim: decoder, vision encoder, or both).
+    #[arg(value_name = "MODEL")]
     pub image: PathBuf,
     /// How the decoder's activations meet Q8_0 weights.
     #[arg(long, value_enum, default_value = "int8")]

@@ -55,7 +55,7 @@ pub struct FlashArgs {
     #[arg(long, value_name = "FW.elf")]
     pub firmware: PathBuf,
     /// Weights image (.glim) to write beside the firmware; checked (checksums too) first.
-    #[arg(long, value_name = "IMG", requires = "weights_addr")]
+    #[arg(long, value_name = "MODEL", requires = "weights_addr")]
     pub weights: Option<PathBuf>,
     /// Flash address of the weights (hex with 0x, or decimal): the start of an erase
     /// sector, where the firmware expects the image.

@@ -112,7 +112,8 @@ pub enum RepackArg {
 /// Arguments of `glimpse inspect`.
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
-    /// The .glim image.
+    /// The model (.glim).
+    #[arg(value_name = "MODEL")]
     pub image: PathBuf,
     /// Print one JSON object instead of tables.
     #[arg(long)]
@@ -136,8 +137,8 @@ device: padded to a square with black, centred, resized with a bicubic filter th
 PIL's, and scaled to [0, 1]. --pixels takes an already preprocessed planar 3 x R x R array."
 )]
 pub struct EncodeArgs {
-    /// The .glim weights image (with a vision encoder).
-    #[arg(value_name = "IMG")]
+    /// The model (.glim, with a vision encoder).
+    #[arg(value_name = "MODEL")]
     pub image: PathBuf,
     /// A PNG or JPEG picture to encode.
     #[arg(
@@ -164,7 +165,8 @@ pub struct EncodeArgs {
 /// Arguments of `glimpse run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// The .glim image (with a decoder).
+    /// The model (.glim, with a decoder).
+    #[arg(value_name = "MODEL")]
     pub image: PathBuf,
     /// The user's message (chat-templated unless --raw).
     #[arg(long, required_unless_present = "tokens", conflicts_with = "tokens")]
@@ -215,7 +217,8 @@ pub struct RunArgs {
 /// Arguments of `glimpse tokenize`.
 #[derive(Debug, clap::Args)]
 pub struct TokenizeArgs {
-    /// The .glim image (with a tokenizer).
+    /// The model (.glim, with a tokenizer).
+    #[arg(value_name = "MODEL")]
     pub image: PathBuf,
     /// Text to encode.
     #[arg(long)]

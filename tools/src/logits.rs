@@ -26,7 +26,8 @@ use crate::run::{HostClock, Picture, arena_for, load_picture};
 /// Arguments of `glimpse logits`.
 #[derive(Debug, clap::Args)]
 pub struct LogitsArgs {
-    /// The .glim image.
+    /// The model (.glim).
+    #[arg(value_name = "MODEL")]
     pub image: PathBuf,
     /// Token ids, comma-separated, with the image-token id, or -200 as `run --json`
     /// prints it, where the picture goes.

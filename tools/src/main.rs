@@ -1,4 +1,5 @@
-//! `glimpse`: the host tool. Converts checkpoints to weights images and inspects them.
+//! `glimpse`: the host tool. Converts checkpoints to models (.glim), inspects, plans, runs,
+//! streams, chats, benchmarks, simulates and flashes them.
 
 use std::process::ExitCode;
 
@@ -20,9 +21,9 @@ struct Cli {
 enum Command {
     /// Caption the bundled tiny FastVLM's sample pictures (converting it first if needed).
     Demo(glimpse_tools::demo::DemoArgs),
-    /// Convert an HF checkpoint (directory or .safetensors) or a GGUF file to a .glim image.
+    /// Convert an HF checkpoint (directory or .safetensors) or a GGUF file to a model (.glim).
     Convert(ConvertArgs),
-    /// Show an image's config and tensor table and verify its checksums.
+    /// Show a model's config and tensor table and verify its checksums.
     Inspect(InspectArgs),
     /// Run the vision encoder (and projector) on a picture or preprocessed pixels.
     Encode(glimpse_tools::EncodeArgs),
@@ -37,13 +38,13 @@ enum Command {
     /// Live captioning: caption a frame sequence (directory, GIF/APNG, raw RGB24 on stdin)
     /// with the prompt prefix kept and unchanged frames skipped.
     Stream(glimpse_tools::stream::StreamArgs),
-    /// Run an image on a simulated bare-metal board in QEMU (qemu-virt, mps3-an547).
+    /// Run a model on a simulated bare-metal board in QEMU (qemu-virt, mps3-an547).
     Sim(glimpse_tools::sim::SimArgs),
     /// The arena a run needs, per buffer and per phase; emit it for firmware builds.
     Plan(glimpse_tools::plan::PlanArgs),
     /// Throughput: pp/tg tokens per second, TTFT, encoder latency per resolution.
     Bench(glimpse_tools::bench::BenchArgs),
-    /// Write a firmware ELF and a weights image to a chip's flash with probe-rs (`flash` feature).
+    /// Write a firmware ELF and a model to a chip's flash with probe-rs (`flash` feature).
     Flash(glimpse_tools::flash::FlashArgs),
 }
 

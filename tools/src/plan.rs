@@ -50,8 +50,8 @@ pub enum Emit {
 /// Arguments of `glimpse plan`.
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
-    /// The .glim weights image.
-    #[arg(value_name = "IMG")]
+    /// The model (.glim).
+    #[arg(value_name = "MODEL")]
     pub image: PathBuf,
     /// Input resolution (a multiple of the encoder stride; default: the model's).
     #[arg(long, value_name = "R")]

@@ -98,8 +98,8 @@ pub struct SimArgs {
     /// The board to simulate.
     #[arg(long, value_enum)]
     pub port: Port,
-    /// The .glim weights image.
-    #[arg(value_name = "IMG")]
+    /// The model (.glim).
+    #[arg(value_name = "MODEL")]
     pub image: PathBuf,
     /// The user's message (chat-templated unless --raw).
     #[arg(long, default_value = "Hello!")]
