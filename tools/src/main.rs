@@ -31,7 +31,7 @@ enum Command {
     Logits(glimpse_tools::logits::LogitsArgs),
     /// Generate text from a prompt (chat-templated), streaming it, then print TTFT and tok/s.
     Run(glimpse_tools::RunArgs),
-    /// Encode text with an image's tokenizer and print the ids.
+    /// Encode text with a model's tokenizer and print the ids.
     Tokenize(glimpse_tools::TokenizeArgs),
     /// A multi-turn chat in the terminal (or one turn per stdin line), the KV cache kept.
     Chat(glimpse_tools::chat::ChatArgs),
