@@ -420,7 +420,7 @@ pub struct PlanOptions {
     pub chunk: usize,
     /// Longest side of a camera frame preprocessing must take.
     pub max_frame_side: usize,
-    /// Longest user prompt, in bytes, [`crate::session::Session::ask`] must take (a custom
+    /// Longest user prompt, in bytes, [`crate::session::Session::run`] must take (a custom
     /// system prompt counts against it).
     pub max_prompt_bytes: usize,
     /// Whether sampling may be non-greedy (the sampler then needs a candidate list).

@@ -262,7 +262,7 @@ pub struct StreamReport {
 
 /// Caption every frame of `req`'s stream with one session (prompt prefix kept unless the
 /// request says not to, unchanged frames skipped), capturing each from the ring through
-/// a [`RingSource`] into a buffer carved from `arena` after the session's plan. Text
+/// a [`RingSource`](crate::request::RingSource) into a buffer carved from `arena` after the session's plan. Text
 /// streams to `out`, which also sees each frame's outcome.
 pub fn run_stream<O: TokenSink + FrameObserver, C: Counter>(
     weights: &[u8],
