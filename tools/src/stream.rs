@@ -199,7 +199,7 @@ pub fn run(a: &StreamArgs) -> Result<ExitCode> {
         } else if r.skipped {
             writeln!(
                 out,
-                "frame {index:>4}  skipped (change {:.4})          {text}",
+                "frame {index:>4}  skipped (change {:.4})   total {latency_ms:>7.1} ms  {text}",
                 r.change
             )?;
         } else {
