@@ -82,7 +82,7 @@ impl fmt::Display for Dims {
 #[non_exhaustive]
 pub enum Error {
     /// The weights image is malformed, or an image accessor refused.
-    Image(ImageError),
+    Model(ImageError),
     /// A number-format routine refused (length, block multiple, unsupported type).
     Quant(QuantError),
     /// An image accessor refused while looking at a particular tensor (most often: no
@@ -160,7 +160,7 @@ pub enum Error {
 
 impl From<ImageError> for Error {
     fn from(e: ImageError) -> Self {
-        Error::Image(e)
+        Error::Model(e)
     }
 }
 
@@ -179,7 +179,7 @@ impl From<QuantError> for Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Image(e) => write!(f, "weights image: {e}"),
+            Error::Model(e) => write!(f, "weights image: {e}"),
             Error::Quant(e) => write!(f, "number format: {e}"),
             Error::Tensor { tensor, error } => write!(f, "tensor {tensor}: {error}"),
             Error::Shape {

@@ -1,10 +1,11 @@
-//! The weights-image reader: validates an image's structure once, in place and without
-//! allocating, then hands out zero-copy views of its tensors.
+//! The model reader: validates a model file's (`.glim`, a weights image) structure once, in
+//! place and without allocating, then hands out zero-copy views of its tensors. The type
+//! is [`Model`]; "image" in this module's names means the file's bytes, never a picture.
 //!
-//! [`Image::parse`] checks everything that can be checked without reading the payloads
+//! [`Model::parse`] checks everything that can be checked without reading the payloads
 //! (header, region bounds and order, the metadata CRC, the config, every table record,
 //! names, payload placement and sizes), so every accessor afterwards is a few bounds-checked
-//! slice operations. [`Image::verify`] reads every byte: tensor CRCs and zero padding. A
+//! slice operations. [`Model::verify`] reads every byte: tensor CRCs and zero padding. A
 //! device short on time may skip it and check tensors one by one with
 //! [`TensorView::verify`]. Together the two reject any single-byte corruption: the header,
 //! the metadata and each payload carry a CRC, and every other byte must be zero.
@@ -248,7 +249,7 @@ fn name_ok(name: &str) -> bool {
 }
 
 /// The parts of an image the tensor accessors need; `Copy`, so iterators do not borrow
-/// the [`Image`].
+/// the [`Model`].
 #[derive(Clone, Copy)]
 struct Tables<'a> {
     bytes: &'a [u8],
@@ -303,17 +304,17 @@ impl<'a> Tables<'a> {
     }
 }
 
-/// A validated weights image borrowed from a byte buffer (memory-mapped file, flash,
-/// or a `static`).
-pub struct Image<'a> {
+/// A validated model (a `.glim` weights image) borrowed from a byte buffer (memory-mapped
+/// file, flash, or a `static`).
+pub struct Model<'a> {
     tables: Tables<'a>,
     header: Header,
     config: ModelConfig,
 }
 
-impl fmt::Debug for Image<'_> {
+impl fmt::Debug for Model<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Image")
+        f.debug_struct("Model")
             .field("file_len", &self.header.file_len)
             .field("tensors", &self.tables.count)
             .field("model", &self.config.name)
@@ -321,9 +322,9 @@ impl fmt::Debug for Image<'_> {
     }
 }
 
-impl<'a> Image<'a> {
+impl<'a> Model<'a> {
     /// Validate the structure of `bytes` (see the module docs) and borrow it. Does not
-    /// read the payloads; call [`Image::verify`] for that.
+    /// read the payloads; call [`Model::verify`] for that.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, ImageError> {
         // Length first: an empty slice's dangling pointer would otherwise report a
         // confusing misalignment.
@@ -407,7 +408,7 @@ impl<'a> Image<'a> {
             prev_end = end;
         }
 
-        Ok(Image {
+        Ok(Model {
             tables,
             header,
             config,
@@ -424,7 +425,7 @@ impl<'a> Image<'a> {
     }
 
     /// Check that every gap (between regions, before, between and after payloads) is zero.
-    /// Part of [`Image::verify`]; separate so a caller can check tensors one by one.
+    /// Part of [`Model::verify`]; separate so a caller can check tensors one by one.
     pub fn verify_padding(&self) -> Result<(), ImageError> {
         let h = &self.header;
         let b = self.tables.bytes;
@@ -506,7 +507,7 @@ impl<'a> Image<'a> {
     }
 }
 
-impl<'a> IntoIterator for &Image<'a> {
+impl<'a> IntoIterator for &Model<'a> {
     type Item = TensorView<'a>;
     type IntoIter = Iter<'a>;
 
@@ -515,7 +516,7 @@ impl<'a> IntoIterator for &Image<'a> {
     }
 }
 
-/// Iterator over an image's tensors. Every record was validated by [`Image::parse`], so
+/// Iterator over an image's tensors. Every record was validated by [`Model::parse`], so
 /// it yields views, not results.
 #[derive(Clone)]
 pub struct Iter<'a> {
@@ -568,7 +569,7 @@ impl Plain for f32 {}
 impl Plain for half::f16 {}
 impl Plain for half::bf16 {}
 
-/// One tensor of an [`Image`], borrowed from it.
+/// One tensor of a [`Model`], borrowed from it.
 #[derive(Clone, Copy)]
 pub struct TensorView<'a> {
     /// Canonical name.
@@ -838,7 +839,7 @@ mod tests {
     #[test]
     fn parses_finds_and_views() {
         let buf = Aligned::new(&sample());
-        let img = Image::parse(buf.bytes()).unwrap();
+        let img = Model::parse(buf.bytes()).unwrap();
         img.verify().unwrap();
         assert_eq!(img.config(), &config());
         assert_eq!(img.len(), 5);
@@ -915,7 +916,7 @@ mod tests {
     fn empty_image() {
         let bytes = ImageBuilder::new(config()).to_bytes().unwrap();
         let buf = Aligned::new(&bytes);
-        let img = Image::parse(buf.bytes()).unwrap();
+        let img = Model::parse(buf.bytes()).unwrap();
         img.verify().unwrap();
         assert!(img.is_empty());
         assert_eq!(img.iter().count(), 0);
@@ -928,13 +929,13 @@ mod tests {
         for shift in [1, 4, 8] {
             let buf = Aligned::shifted(&bytes, shift);
             assert_eq!(
-                Image::parse(buf.bytes()).unwrap_err(),
+                Model::parse(buf.bytes()).unwrap_err(),
                 ImageError::Misaligned { align: BASE_ALIGN }
             );
         }
         // 16 is all the reader asks for; payloads then sit on 16-byte boundaries.
         let buf = Aligned::shifted(&bytes, 16);
-        let img = Image::parse(buf.bytes()).unwrap();
+        let img = Model::parse(buf.bytes()).unwrap();
         img.verify().unwrap();
         assert_eq!(
             img.find("decoder.norm.weight").unwrap().as_f32().unwrap()[0],
@@ -950,7 +951,7 @@ mod tests {
                 let mut b = bytes.clone();
                 b[i] ^= bit;
                 let buf = Aligned::new(&b);
-                let r = Image::parse(buf.bytes()).and_then(|img| img.verify());
+                let r = Model::parse(buf.bytes()).and_then(|img| img.verify());
                 assert!(r.is_err(), "flip {bit:#x} at {i} accepted");
             }
         }
@@ -983,7 +984,7 @@ mod tests {
 
     fn parse_err(bytes: &[u8]) -> ImageError {
         let buf = Aligned::new(bytes);
-        Image::parse(buf.bytes()).unwrap_err()
+        Model::parse(buf.bytes()).unwrap_err()
     }
 
     #[test]
@@ -1079,7 +1080,7 @@ mod tests {
         assert!(gap < h.data.offset, "sample needs a gap before the data");
         b[gap as usize] = 1;
         let buf = Aligned::new(&b);
-        let img = Image::parse(buf.bytes()).unwrap();
+        let img = Model::parse(buf.bytes()).unwrap();
         assert_eq!(img.verify(), Err(ImageError::Padding { offset: gap }));
 
         // Wrong length.
@@ -1104,7 +1105,7 @@ mod tests {
         let (_, e) = entry_at(&b, 2);
         b[e.offset as usize] ^= 0xff;
         let buf = Aligned::new(&b);
-        let img = Image::parse(buf.bytes()).unwrap();
+        let img = Model::parse(buf.bytes()).unwrap();
         assert_eq!(img.verify(), Err(ImageError::TensorChecksum { index: 2 }));
         assert!(img.tensor(1).unwrap().verify().is_ok());
         let msg = std::format!("{}", img.verify().unwrap_err());

@@ -28,4 +28,4 @@ pub mod tokenizer;
 pub mod vision;
 
 pub use error::Error;
-pub use image::{Image, ImageError, TensorView};
+pub use image::{ImageError, Model, TensorView};

@@ -26,7 +26,7 @@ use glimpse_quant::layout::ModelFamily;
 use crate::arena::{ALIGN, padded};
 use crate::decoder::{DEFAULT_CHUNK, DecoderState, KvFormat};
 use crate::error::Error;
-use crate::image::Image;
+use crate::image::Model;
 use crate::preprocess::max_scratch_bytes;
 use crate::projector::Projector;
 use crate::tokenizer::{Tokenizer, TokenizerError};
@@ -475,7 +475,7 @@ impl ArenaPlan {
     /// Plan a run of `image` with `options`. Errors when the model cannot run with them
     /// (a resolution that is not a multiple of the encoder stride, a context of zero or
     /// past the model's maximum, parts that do not fit together).
-    pub fn new(image: &Image<'_>, options: &PlanOptions) -> Result<Self, Error> {
+    pub fn new(image: &Model<'_>, options: &PlanOptions) -> Result<Self, Error> {
         let cfg = image.config();
         let dcfg = cfg.decoder.as_ref().ok_or(Error::Config {
             what: "the image has no decoder",
@@ -744,7 +744,7 @@ impl fmt::Display for ArenaPlan {
 
 /// Bytes the chat template adds around the user's text with its default system prompt
 /// and the image placeholder (0 when it has none).
-fn template_overhead(image: &Image<'_>) -> usize {
+fn template_overhead(image: &Model<'_>) -> usize {
     use crate::chat::{Turn, render};
     let Some(t) = image.config().tokenizer.as_ref() else {
         return 0;

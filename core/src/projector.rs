@@ -6,7 +6,7 @@ use glimpse_quant::layout::ProjectorConfig;
 
 use crate::arena::{ALIGN, Arena, padded};
 use crate::error::Error;
-use crate::image::Image;
+use crate::image::Model;
 use glimpse_hal::Executor;
 
 use crate::kernels::math::gelu_inplace_with;
@@ -26,7 +26,7 @@ pub struct Projector<'a> {
 
 impl<'a> Projector<'a> {
     /// Find and check `projector.fc{1,2}.*` against the image's projector config.
-    pub fn new(image: &Image<'a>) -> Result<Self, Error> {
+    pub fn new(image: &Model<'a>) -> Result<Self, Error> {
         let cfg = image.config().projector.ok_or(Error::Config {
             what: "the image has no projector",
         })?;

@@ -44,7 +44,7 @@ use crate::arena::{ALIGN, Arena};
 use crate::chat::{IM_END, IMAGE_PLACEHOLDER, Turn, render, render_follow_up};
 use crate::decoder::{DEFAULT_CHUNK, Decoder, DecoderState, Input, KvFormat, Logits};
 use crate::error::Error;
-use crate::image::Image;
+use crate::image::Model;
 use crate::kernels::linear::Q8Activations;
 use crate::kernels::par::with_default_executor;
 use crate::planner::{ArenaPlan, Buf, DEFAULT_CONTEXT, DEFAULT_MAX_FRAME_SIDE, PlanOptions};
@@ -93,7 +93,7 @@ impl SessionOptions {
     /// KV, the default prefill chunk, greedy sampling, prompts (user text plus any system
     /// text) up to `prompt_bytes`, and frames up to `frame_side` pixels on their longer
     /// side (`None`: a text-only run, no vision phases planned).
-    pub fn for_model(image: &Image<'_>, frame_side: Option<usize>, prompt_bytes: usize) -> Self {
+    pub fn for_model(image: &Model<'_>, frame_side: Option<usize>, prompt_bytes: usize) -> Self {
         let max_context = image
             .config()
             .decoder
@@ -260,7 +260,7 @@ impl TokenSink for NoSink {
 /// A FastVLM (or text-only) model, an arena planned for it, a clock and the conversation
 /// so far. See the module docs.
 pub struct Session<'a, 'w, C, X = PortDefault> {
-    image: &'w Image<'w>,
+    image: &'w Model<'w>,
     /// The aligned part of the caller's arena, exactly [`ArenaPlan::total`] bytes.
     arena: &'a mut [u8],
     plan: ArenaPlan,
@@ -343,7 +343,7 @@ impl<'a, 'w, C: MonotonicClock> Session<'a, 'w, C> {
     /// (from its first [`ALIGN`]-aligned byte). Too small an arena is
     /// [`Error::Arena`] with the exact size that would do; nothing is written to it.
     pub fn new(
-        image: &'w Image<'w>,
+        image: &'w Model<'w>,
         arena: &'a mut [u8],
         clock: C,
         options: SessionOptions,

@@ -2,7 +2,7 @@
 //! come out; a panic or an out-of-bounds view is a bug.
 #![no_main]
 
-use glimpse_core::image::Image;
+use glimpse_core::image::Model;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -13,5 +13,5 @@ fuzz_target!(|data: &[u8]| {
     let mut shifted = vec![0u8; data.len() + 17];
     let s = shifted.as_ptr().align_offset(16).min(16) + 1;
     shifted[s..s + data.len()].copy_from_slice(data);
-    assert!(Image::parse(&shifted[s..s + data.len()]).is_err());
+    assert!(Model::parse(&shifted[s..s + data.len()]).is_err());
 });

@@ -1,7 +1,7 @@
 //! Helpers shared by the fuzz targets: aligned copies, the re-sealing of checksums, and
-//! a walk over everything a parsed image offers, asserting what `Image::parse` promises.
+//! a walk over everything a parsed image offers, asserting what `Model::parse` promises.
 
-use glimpse_core::image::{Image, ImageError};
+use glimpse_core::image::{Model, ImageError};
 use glimpse_quant::DType;
 use glimpse_quant::crc32::{Crc32, crc32};
 use glimpse_quant::layout::{DATA_ALIGN, ENTRY_LEN, HEADER_LEN};
@@ -50,7 +50,7 @@ pub fn reseal(b: &mut [u8]) {
 /// Parse, walk every tensor and the config, verify. Panics (a finding) when a promise
 /// of `parse` does not hold.
 pub fn exercise(bytes: &[u8]) -> Result<(), ImageError> {
-    let img = Image::parse(bytes)?;
+    let img = Model::parse(bytes)?;
     let range = bytes.as_ptr_range();
     let cfg = img.config();
     // Walk the config the way inspect does (every field, through Debug).

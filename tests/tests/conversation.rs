@@ -12,7 +12,7 @@
 mod decoder_common;
 
 use glimpse_core::Error;
-use glimpse_core::Image;
+use glimpse_core::Model;
 use glimpse_core::chat::{Turn, render, render_follow_up};
 use glimpse_core::planner::{ArenaPlan, Buf};
 use glimpse_core::preprocess::Frame;
@@ -42,7 +42,7 @@ fn sample(name: &str) -> Picture {
     load_picture(&path).expect("sample picture")
 }
 
-fn options(image: &Image<'_>, max_new: usize) -> SessionOptions {
+fn options(image: &Model<'_>, max_new: usize) -> SessionOptions {
     SessionOptions {
         max_new_tokens: max_new,
         ..SessionOptions::for_model(image, Some(128), 64)
@@ -70,7 +70,7 @@ fn run(
 #[test]
 fn a_three_turn_conversation_equals_a_fresh_session_fed_the_transcript() {
     let bytes = model();
-    let image = Image::parse(bytes.as_slice()).unwrap();
+    let image = Model::parse(bytes.as_slice()).unwrap();
     let tok = Tokenizer::from_image(&image).unwrap();
     let template = image.config().tokenizer.as_ref().unwrap().chat.clone();
     let vocab = image.config().decoder.as_ref().unwrap().vocab as usize;
@@ -205,7 +205,7 @@ fn a_three_turn_conversation_equals_a_fresh_session_fed_the_transcript() {
 #[test]
 fn a_turn_past_the_context_is_refused_and_the_conversation_goes_on_unchanged() {
     let bytes = model();
-    let image = Image::parse(bytes.as_slice()).unwrap();
+    let image = Model::parse(bytes.as_slice()).unwrap();
     let mut opts = options(&image, 6);
     opts.plan.max_context = 72;
     opts.plan.max_prompt_bytes = 256;
@@ -245,7 +245,7 @@ fn a_turn_past_the_context_is_refused_and_the_conversation_goes_on_unchanged() {
 }
 
 /// Tokens of a fresh single-frame run on `frame` (default plan: nothing kept).
-fn fresh_caption(image: &Image<'_>, frame: Frame<'_>) -> Vec<u32> {
+fn fresh_caption(image: &Model<'_>, frame: Frame<'_>) -> Vec<u32> {
     let opts = options(image, 16);
     let plan = ArenaPlan::new(image, &opts.plan).unwrap();
     let mut arena = arena_for(&plan);
@@ -256,7 +256,7 @@ fn fresh_caption(image: &Image<'_>, frame: Frame<'_>) -> Vec<u32> {
 #[test]
 fn a_frame_stream_prefills_its_prefix_once_and_captions_like_fresh_runs() {
     let bytes = model();
-    let image = Image::parse(bytes.as_slice()).unwrap();
+    let image = Model::parse(bytes.as_slice()).unwrap();
     let pics = [
         sample("group.png"),
         sample("relation_pair.png"),
@@ -353,7 +353,7 @@ impl glimpse_hal::Executor for Counting {
 #[test]
 fn a_session_runs_on_the_executor_it_is_handed() {
     let bytes = model();
-    let image = Image::parse(bytes.as_slice()).unwrap();
+    let image = Model::parse(bytes.as_slice()).unwrap();
     let pic = sample("group.png");
     let opts = options(&image, 16);
     let want = fresh_caption(&image, pic.frame());

@@ -6,7 +6,7 @@
 mod decoder_common;
 
 use decoder_common::*;
-use glimpse_core::Image;
+use glimpse_core::Model;
 use glimpse_tools::QuantArg;
 
 fn fixture() -> (std::path::PathBuf, Vec<u32>) {
@@ -32,7 +32,7 @@ fn check_f32(model: &str) {
     assert_eq!(shape[0], tokens.len());
     let vocab = shape[1];
     let bytes = convert_to_bytes(&dir.join(model), QuantArg::F32);
-    let image = Image::parse(bytes.as_slice()).unwrap();
+    let image = Model::parse(bytes.as_slice()).unwrap();
 
     // Whole sequence in one chunk, and in uneven chunks of 5.
     let all = prefill_all(&image, &tokens, tokens.len());
@@ -75,7 +75,7 @@ fn check_quantized(model: &str, quant: QuantArg, min_cosine: f64) {
     let (shape, want) = reference(&dir, model);
     let vocab = shape[1];
     let bytes = convert_to_bytes(&dir.join(model), quant);
-    let image = Image::parse(bytes.as_slice()).unwrap();
+    let image = Model::parse(bytes.as_slice()).unwrap();
     let got = prefill_all(&image, &tokens, tokens.len());
     let a = agreement(&want, &got, vocab);
     let cos = cosine(&want, &got);

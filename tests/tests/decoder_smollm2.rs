@@ -16,7 +16,7 @@ mod decoder_common;
 use std::time::Instant;
 
 use decoder_common::*;
-use glimpse_core::Image;
+use glimpse_core::Model;
 use glimpse_core::arena::Arena;
 use glimpse_core::decoder::{Decoder, DecoderState};
 use glimpse_core::kernels::linear::Q8Activations;
@@ -55,7 +55,7 @@ fn tokens() -> Vec<u32> {
 }
 
 /// Decode `n` tokens one at a time after a short prefill; tokens per second.
-fn decode_speed(image: &Image, prompt: &[u32], n: usize) -> f64 {
+fn decode_speed(image: &Model, prompt: &[u32], n: usize) -> f64 {
     let dec = Decoder::new(image).unwrap();
     let ctx = prompt.len() + n;
     let mut buf = vec![0u8; DecoderState::arena_bytes(dec.config(), ctx, 64).unwrap()];
@@ -75,8 +75,8 @@ fn smollm2_q8_0_tracks_f32() {
     let tokens = tokens();
     let f32_img = convert_to_bytes(&gguf, QuantArg::F32);
     let q8_img = convert_to_bytes(&gguf, QuantArg::Q8_0);
-    let f32_img = Image::parse(f32_img.as_slice()).unwrap();
-    let q8_img = Image::parse(q8_img.as_slice()).unwrap();
+    let f32_img = Model::parse(f32_img.as_slice()).unwrap();
+    let q8_img = Model::parse(q8_img.as_slice()).unwrap();
     let vocab = f32_img.config().decoder.as_ref().unwrap().vocab as usize;
 
     let t = Instant::now();

@@ -5,7 +5,7 @@
 
 mod image_common;
 
-use glimpse_core::image::{Image, ImageError};
+use glimpse_core::image::{ImageError, Model};
 use glimpse_quant::DType;
 use glimpse_quant::crc32::crc32;
 use glimpse_quant::layout::{DATA_ALIGN, HEADER_LEN, Header};
@@ -13,7 +13,7 @@ use glimpse_tests::AlignedBytes;
 use image_common::Rng;
 
 /// Touch everything a runtime would, asserting the invariants `parse` promises.
-fn walk(img: &Image<'_>) {
+fn walk(img: &Model<'_>) {
     let base = img.as_bytes().as_ptr_range();
     let cfg = img.config();
     assert!(cfg.name.len() <= 64);
@@ -58,7 +58,7 @@ fn walk(img: &Image<'_>) {
 
 /// Parse, verify and walk.
 fn check(bytes: &[u8]) -> Result<(), ImageError> {
-    let img = Image::parse(bytes)?;
+    let img = Model::parse(bytes)?;
     walk(&img);
     img.verify()
 }
@@ -106,7 +106,7 @@ fn trailing_bytes_are_refused() {
         b.extend_from_slice(extra);
         let buf = AlignedBytes::new(&b);
         assert_eq!(
-            Image::parse(buf.as_slice()).unwrap_err(),
+            Model::parse(buf.as_slice()).unwrap_err(),
             ImageError::LengthMismatch {
                 header: bytes.len() as u64,
                 actual: b.len() as u64
@@ -248,7 +248,7 @@ fn misaligned_buffers_are_refused_not_read() {
     padded.extend_from_slice(&bytes);
     let buf = AlignedBytes::new(&padded);
     assert_eq!(
-        Image::parse(&buf.as_slice()[8..]).unwrap_err(),
+        Model::parse(&buf.as_slice()[8..]).unwrap_err(),
         ImageError::Misaligned { align: 16 }
     );
 }

@@ -3,12 +3,12 @@
 
 mod image_common;
 
-use glimpse_core::image::{Image, ImageError};
+use glimpse_core::image::{ImageError, Model};
 use glimpse_host::{MappedImage, write_image};
 use glimpse_quant::layout::{DATA_ALIGN, Header};
 use glimpse_tests::AlignedBytes;
 
-fn assert_matches_input(img: &Image<'_>) {
+fn assert_matches_input(img: &Model<'_>) {
     assert_eq!(img.config(), &image_common::config());
     let mut expected = image_common::tensors();
     expected.sort_by(|a, b| a.name.cmp(&b.name));
@@ -39,7 +39,7 @@ fn assert_matches_input(img: &Image<'_>) {
 fn round_trip_in_memory() {
     let bytes = image_common::image();
     let buf = AlignedBytes::new(&bytes);
-    let img = Image::parse(buf.as_slice()).unwrap();
+    let img = Model::parse(buf.as_slice()).unwrap();
     img.verify().unwrap();
     assert_eq!(img.file_len(), bytes.len() as u64);
     assert_matches_input(&img);

@@ -14,7 +14,7 @@
 
 mod pipeline_common;
 
-use glimpse_core::Image;
+use glimpse_core::Model;
 use glimpse_core::decoder::KvFormat;
 use glimpse_core::planner::PlanOptions;
 use glimpse_core::preprocess::{preprocess, scratch_bytes};
@@ -35,7 +35,7 @@ use glimpse_tests::max_abs_diff;
 
 /// A session on `image` with `opts` in an arena of exactly its plan.
 fn with_session<R>(
-    image: &Image<'_>,
+    image: &Model<'_>,
     opts: SessionOptions,
     f: impl FnOnce(&mut Session<'_, '_, HostClock>) -> R,
 ) -> R {
@@ -59,7 +59,7 @@ fn opts(kv: KvFormat, max_new: usize) -> SessionOptions {
 fn logits_and_greedy_tokens_match_transformers() {
     let exp = expected();
     let bytes = converted(QuantArg::F32, KeepArg::F32);
-    let image = Image::parse(bytes.as_slice()).unwrap();
+    let image = Model::parse(bytes.as_slice()).unwrap();
     let pic = picture();
     let reference = reference_logits();
     let scale = max_abs(&reference);
@@ -168,7 +168,7 @@ fn logits_and_greedy_tokens_match_transformers() {
 fn pixels_and_frames_agree_and_the_cli_writes_the_reference() {
     let exp = expected();
     let bytes = converted(QuantArg::F32, KeepArg::F32);
-    let image = Image::parse(bytes.as_slice()).unwrap();
+    let image = Model::parse(bytes.as_slice()).unwrap();
     let pic = picture();
     let reference = reference_logits();
     let input_ids = ids(&exp["input_ids"]);

@@ -9,7 +9,7 @@ use glimpse_core::arena::ALIGN;
 use glimpse_core::planner::{ArenaPlan, Buf, Phase, PlanOptions};
 use glimpse_core::preprocess::{Frame, FrameError, PixelFormat};
 use glimpse_core::session::{ImageInput, LogitsOut, Prompt, Report, Session, SessionOptions};
-use glimpse_core::{Error, Image};
+use glimpse_core::{Error, Model};
 use glimpse_hal::{ErrorKind, ErrorType, TokenSink};
 use glimpse_tools::plan::{Emit, KvArg, PlanArgs};
 use glimpse_tools::run::HostClock;
@@ -53,7 +53,7 @@ fn options() -> SessionOptions {
 #[test]
 fn the_planned_size_is_exact_and_nothing_outside_it_is_touched() {
     let bytes = converted(QuantArg::F32, KeepArg::F32);
-    let image = Image::parse(bytes.as_slice()).unwrap();
+    let image = Model::parse(bytes.as_slice()).unwrap();
     let exp = expected();
     let question = exp["question"].as_str().unwrap();
     let pic = picture();
@@ -115,7 +115,7 @@ fn the_planned_size_is_exact_and_nothing_outside_it_is_touched() {
 #[test]
 fn the_plan_keeps_live_buffers_apart_and_reuses_dead_ones() {
     let bytes = converted(QuantArg::F32, KeepArg::F32);
-    let image = Image::parse(bytes.as_slice()).unwrap();
+    let image = Model::parse(bytes.as_slice()).unwrap();
     for opts in [
         options().plan,
         PlanOptions {
@@ -175,7 +175,7 @@ fn the_plan_keeps_live_buffers_apart_and_reuses_dead_ones() {
 #[test]
 fn bad_inputs_are_errors_before_work_and_leave_the_session_usable() {
     let bytes = converted(QuantArg::F32, KeepArg::F32);
-    let image = Image::parse(bytes.as_slice()).unwrap();
+    let image = Model::parse(bytes.as_slice()).unwrap();
     let exp = expected();
     let question = exp["question"].as_str().unwrap();
     let pic = picture();
@@ -328,7 +328,7 @@ impl TokenSink for Failing {
 #[test]
 fn without_a_frame_a_vlm_answers_text_only_and_sink_errors_stop_it() {
     let bytes = converted(QuantArg::F32, KeepArg::F32);
-    let image = Image::parse(bytes.as_slice()).unwrap();
+    let image = Model::parse(bytes.as_slice()).unwrap();
     let question = expected()["question"].as_str().unwrap().to_string();
 
     // Planned with vision, asked without a frame; and planned text-only.
@@ -384,7 +384,7 @@ fn without_a_frame_a_vlm_answers_text_only_and_sink_errors_stop_it() {
 #[test]
 fn glimpse_plan_emits_the_session_total() {
     let bytes = converted(QuantArg::F32, KeepArg::F32);
-    let image = Image::parse(bytes.as_slice()).unwrap();
+    let image = Model::parse(bytes.as_slice()).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let glim = tmp.path().join("p.glim");
     std::fs::write(&glim, bytes.as_slice()).unwrap();
@@ -467,7 +467,7 @@ fn a_text_only_image_runs_from_ids_with_the_decoders_own_results() {
     ))
     .unwrap();
     let bytes = glimpse_tests::AlignedBytes::new(&std::fs::read(&out).unwrap());
-    let image = Image::parse(bytes.as_slice()).unwrap();
+    let image = Model::parse(bytes.as_slice()).unwrap();
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("tokens.json")).unwrap()).unwrap();
     let tokens = ids(&meta["tokens"]);

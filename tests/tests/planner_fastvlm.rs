@@ -5,7 +5,7 @@
 //! projector tensors with their real shapes (zeros: the plan reads shapes and formats,
 //! not values) and the decoder's config (the plan needs no decoder tensor).
 
-use glimpse_core::Image;
+use glimpse_core::Model;
 use glimpse_core::decoder::KvFormat;
 use glimpse_core::planner::{ArenaPlan, Buf, Phase, PlanOptions};
 use glimpse_quant::DType;
@@ -169,7 +169,7 @@ const MB: usize = 1_000_000;
 #[test]
 fn fastvlm_0_5b_at_1024_with_2048_context_fits_in_48_mb() {
     let bytes = build_image();
-    let image = Image::parse(bytes.as_slice()).unwrap();
+    let image = Model::parse(bytes.as_slice()).unwrap();
     let goal = PlanOptions {
         resolution: Some(1024),
         max_context: 2048,

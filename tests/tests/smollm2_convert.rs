@@ -100,7 +100,7 @@ fn convert_smollm2(quant: QuantArg) -> Option<(Report, tempfile::TempDir)> {
     Some((report, dir))
 }
 
-fn check_tokenizer_tables(img: &glimpse_core::image::Image<'_>) {
+fn check_tokenizer_tables(img: &glimpse_core::image::Model<'_>) {
     let u32s = |name: &str| -> Vec<u32> {
         img.find(name)
             .unwrap()

@@ -17,7 +17,7 @@
 
 mod tokenizer_common;
 
-use glimpse_core::Image;
+use glimpse_core::Model;
 use glimpse_core::arena::Arena;
 use glimpse_core::chat::{self, Turn};
 use glimpse_core::decoder::{Decoder, DecoderState, KvFormat};
@@ -51,7 +51,7 @@ fn converted(quant: QuantArg) -> Option<AlignedBytes> {
 }
 
 /// Render and encode each fixture prompt; checks the ids against llama.cpp's.
-fn prompts(image: &Image<'_>, tok: &Tokenizer<'_>, fx: &Value) -> Vec<Vec<u32>> {
+fn prompts(image: &Model<'_>, tok: &Tokenizer<'_>, fx: &Value) -> Vec<Vec<u32>> {
     let template = image
         .config()
         .tokenizer
@@ -82,7 +82,7 @@ fn prompts(image: &Image<'_>, tok: &Tokenizer<'_>, fx: &Value) -> Vec<Vec<u32>> 
 
 /// Greedy tokens for `prompt` through the Session, with llama.cpp's f32 KV cache and the
 /// default prefill chunk (the model's stop tokens end it).
-fn generate(image: &Image<'_>, prompt: &[u32], max_tokens: usize) -> CollectSink {
+fn generate(image: &Model<'_>, prompt: &[u32], max_tokens: usize) -> CollectSink {
     let opts = SessionOptions {
         plan: PlanOptions {
             max_context: prompt.len() + max_tokens,
@@ -235,7 +235,7 @@ fn smollm2_q8_0_with_f32_activations_knows_the_capital_of_france() {
     let Some(bytes) = converted(QuantArg::Q8_0) else {
         return;
     };
-    let image = Image::parse(bytes.as_slice()).expect("image");
+    let image = Model::parse(bytes.as_slice()).expect("image");
     let question = "What is the capital of France?";
     let answer = |act: Q8Activations| {
         let opts = SessionOptions {

@@ -17,7 +17,7 @@ mod decoder_common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use glimpse_core::Image;
+use glimpse_core::Model;
 use glimpse_tests::{glimpse_bin, workspace_root};
 use glimpse_tools::QuantArg;
 use glimpse_tools::demo::{Captioner, QUESTION};
@@ -84,7 +84,7 @@ fn heldout() -> Heldout {
 /// (checksums verified), with their exact-match rate and the failures; prints both.
 fn caption_heldout(set: &Heldout, quant: QuantArg) -> (Vec<String>, f64, Vec<String>) {
     let bytes = decoder_common::convert_to_bytes(&model_dir(), quant);
-    let image = Image::parse(bytes.as_slice()).expect("parsing the image");
+    let image = Model::parse(bytes.as_slice()).expect("parsing the image");
     image.verify().expect("verifying the image");
     let mut cap = Captioner::new(&image, QUESTION, 128, 32).expect("planning");
     let got: Vec<String> = set

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use glimpse_core::arena::Arena;
 use glimpse_core::vision::VisionEncoder;
-use glimpse_core::{Error, Image};
+use glimpse_core::{Error, Model};
 use glimpse_tools::convert::Options;
 use glimpse_tools::encode::run;
 use glimpse_tools::{EncodeArgs, EncodeStage, KeepArg, QuantArg, npy};
@@ -89,7 +89,7 @@ fn encode_command_writes_the_reference_features() {
 fn encoder_refuses_bad_arguments_before_running() {
     let dir = fixture_dir(CONFIG);
     let bytes = convert_fixture(&dir, QuantArg::F32, KeepArg::F32);
-    let image = Image::parse(bytes.as_slice()).unwrap();
+    let image = Model::parse(bytes.as_slice()).unwrap();
     let enc = VisionEncoder::new(&image).unwrap();
     let res = 160;
     let plan = enc.plan(res).unwrap();

@@ -7,7 +7,7 @@
 use glimpse_core::arena::{ALIGN, Arena};
 use glimpse_core::projector::Projector;
 use glimpse_core::vision::{Tap, VisionEncoder};
-use glimpse_core::{Error, Image};
+use glimpse_core::{Error, Model};
 use glimpse_quant::DType;
 use glimpse_quant::layout::{
     ModelConfig, ModelFamily, ProjectorConfig, QuantRecipe, TokenMixer, VisionConfig, VisionStage,
@@ -196,7 +196,7 @@ fn build_image() -> AlignedBytes {
 #[test]
 fn fastvlm_0_5b_encoder_runs_at_256_inside_its_planned_arena() {
     let bytes = build_image();
-    let image = Image::parse(bytes.as_slice()).unwrap();
+    let image = Model::parse(bytes.as_slice()).unwrap();
     let enc = VisionEncoder::new(&image).unwrap();
     let proj = Projector::new(&image).unwrap();
     assert_eq!((enc.stride(), enc.out_dim()), (64, 3072));

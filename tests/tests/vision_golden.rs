@@ -6,7 +6,7 @@
 
 mod vision_common;
 
-use glimpse_core::Image;
+use glimpse_core::Model;
 use glimpse_core::vision::Tap;
 use glimpse_tools::{KeepArg, QuantArg};
 use vision_common::*;
@@ -25,7 +25,7 @@ fn check(config: &str, quant: QuantArg, keep: KeepArg, bound: Bound) {
     assert_eq!(shape.len(), 3);
     let res = shape[1];
     let bytes = convert_fixture(&dir, quant, keep);
-    let image = Image::parse(bytes.as_slice()).expect("parse image");
+    let image = Model::parse(bytes.as_slice()).expect("parse image");
     let r = run(&image, &pixels, res);
 
     let stages = image.config().vision.as_ref().unwrap().stages.len();

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use glimpse_core::Image;
+use glimpse_core::Model;
 use glimpse_core::arena::Arena;
 use glimpse_core::decoder::{Decoder, DecoderState};
 use glimpse_core::kernels::cpu::Cpu;
@@ -370,7 +370,7 @@ fn argmax(v: &[f32]) -> u32 {
     best.0 as u32
 }
 
-fn bench_decoder(image: &Image<'_>, a: &BenchArgs, mem_gbs: f64) -> Result<DecoderBench> {
+fn bench_decoder(image: &Model<'_>, a: &BenchArgs, mem_gbs: f64) -> Result<DecoderBench> {
     let dec = Decoder::new(image)?.with_q8_activations(a.activations.into());
     let cfg = dec.config();
     let shape = dec.shape();
@@ -457,7 +457,7 @@ fn pixels(channels: usize, res: usize) -> Vec<f32> {
     v
 }
 
-fn bench_encoder(image: &Image<'_>, a: &BenchArgs) -> Result<Vec<EncoderBench>> {
+fn bench_encoder(image: &Model<'_>, a: &BenchArgs) -> Result<Vec<EncoderBench>> {
     let enc = VisionEncoder::new(image)?;
     let channels = enc.config().in_channels as usize;
     let mut out = Vec::new();
@@ -611,7 +611,7 @@ pub fn bench(a: &BenchArgs) -> Result<BenchReport> {
         None
     };
     let image = match &copied {
-        Some((v, len)) => Image::parse(line_bytes(v, *len))?,
+        Some((v, len)) => Model::parse(line_bytes(v, *len))?,
         None => mapped.parsed()?,
     };
     let mem = if a.dot_file.is_some() {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use glimpse_core::Image;
+use glimpse_core::Model;
 use glimpse_core::planner::ArenaPlan;
 use glimpse_core::sampler::SamplerConfig;
 use glimpse_core::session::{ImageInput, Prompt, Report, Session, SessionOptions};
@@ -70,7 +70,7 @@ const HELP: &str = "commands: /image FILE (ask about a picture: starts a new con
 /// What one line asks for.
 enum Line<'l> {
     Turn(&'l str),
-    Image(&'l str),
+    Model(&'l str),
     Reset,
     Stats,
     Help,
@@ -88,7 +88,7 @@ fn parse(line: &str) -> Option<Line<'_>> {
     };
     let (name, rest) = cmd.split_once(' ').unwrap_or((cmd, ""));
     Some(match name {
-        "image" => Line::Image(rest.trim()),
+        "image" => Line::Model(rest.trim()),
         "reset" => Line::Reset,
         "stats" => Line::Stats,
         "help" => Line::Help,
@@ -146,7 +146,7 @@ impl Chat<'_, '_, '_> {
                 }
                 writeln!(info)?;
             }
-            Line::Image(path) => {
+            Line::Model(path) => {
                 if !self.vision {
                     writeln!(info, "error: this model has no vision encoder")?;
                 } else if path.is_empty() {
@@ -220,7 +220,7 @@ fn history_file() -> Option<PathBuf> {
 pub fn run(a: &ChatArgs) -> Result<ExitCode> {
     let mapped = glimpse_host::MappedImage::open(&a.model)
         .with_context(|| format!("opening {}", a.model.display()))?;
-    let image = Image::parse(mapped.bytes())?;
+    let image = Model::parse(mapped.bytes())?;
     let vision = image.config().vision.is_some();
     if a.picture.is_some() && !vision {
         anyhow::bail!(

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result, bail, ensure};
-use glimpse_core::Image;
+use glimpse_core::Model;
 use glimpse_core::planner::{ArenaPlan, DEFAULT_MAX_FRAME_SIDE};
 use glimpse_core::preprocess::Frame;
 use glimpse_core::session::{ImageInput, Prompt, Report, Session, SessionOptions};
@@ -67,7 +67,7 @@ pub struct Caption {
 /// Greedy captions from one session: the arena is planned once for frames up to
 /// `max_frame_side` and reused for every picture (a session keeps no state between calls).
 pub struct Captioner<'i, 'w> {
-    image: &'i Image<'w>,
+    image: &'i Model<'w>,
     plan: ArenaPlan,
     arena: Vec<u8>,
     options: SessionOptions,
@@ -86,7 +86,7 @@ impl<'i, 'w> Captioner<'i, 'w> {
     /// Plan the arena for `image`: its native resolution, greedy decoding, a context of
     /// the model's maximum, f16 KV cache (what `glimpse run` uses).
     pub fn new(
-        image: &'i Image<'w>,
+        image: &'i Model<'w>,
         prompt: &str,
         max_frame_side: usize,
         max_new_tokens: usize,
@@ -225,7 +225,7 @@ pub fn run(a: &DemoArgs) -> Result<ExitCode> {
 
     let mapped = glimpse_host::MappedImage::open(&out)
         .with_context(|| format!("opening {}", out.display()))?;
-    let image = Image::parse(mapped.bytes())?;
+    let image = Model::parse(mapped.bytes())?;
     image
         .verify()
         .with_context(|| format!("verifying {}", out.display()))?;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use glimpse_core::Image;
+use glimpse_core::Model;
 use glimpse_core::arena::Arena;
 use glimpse_core::preprocess;
 use glimpse_core::projector::Projector;
@@ -63,7 +63,7 @@ pub struct EncodeStats {
 /// Run the encoder (and the projector for [`EncodeStage::Projector`]) on planar pixels at
 /// `resolution`. Returns `[tokens, channels]` and the values.
 pub fn encode(
-    image: &Image<'_>,
+    image: &Model<'_>,
     pixels: &[f32],
     resolution: u32,
     stage: EncodeStage,

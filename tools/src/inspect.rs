@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
-use glimpse_core::image::{Image, ImageError};
+use glimpse_core::image::{ImageError, Model};
 use glimpse_host::MappedImage;
 use glimpse_quant::DType;
 use glimpse_quant::layout::{ChatTemplate, ModelConfig, TensorLayout, VERSION_MAJOR};
@@ -72,7 +72,7 @@ impl Report {
     }
 }
 
-fn describe(e: &ImageError, img: Option<&Image<'_>>) -> String {
+fn describe(e: &ImageError, img: Option<&Model<'_>>) -> String {
     let index = match e {
         ImageError::TensorChecksum { index }
         | ImageError::WrongShape { index }
@@ -100,7 +100,7 @@ pub fn inspect_bytes(bytes: &[u8]) -> Report {
         tensors: Vec::new(),
         errors: Vec::new(),
     };
-    let img = match Image::parse(bytes) {
+    let img = match Model::parse(bytes) {
         Ok(img) => img,
         Err(e) => {
             report

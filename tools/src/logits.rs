@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, ensure};
-use glimpse_core::Image;
+use glimpse_core::Model;
 use glimpse_core::arena::Arena;
 use glimpse_core::decoder::{Decoder, DecoderState, Input, Logits};
 use glimpse_core::kernels::linear::Q8Activations;
@@ -63,13 +63,13 @@ pub struct LogitsArgs {
 /// Logits of `tokens` through the image's decoder, every position (`n × vocab`) or the
 /// last one only. The arena is one `Vec<u8>` of exactly
 /// [`DecoderState::arena_bytes`] for this context and chunk.
-pub fn compute(image: &Image, tokens: &[u32], last: bool, chunk: usize) -> Result<Vec<f32>> {
+pub fn compute(image: &Model, tokens: &[u32], last: bool, chunk: usize) -> Result<Vec<f32>> {
     compute_with(image, tokens, last, chunk, Q8Activations::Int8)
 }
 
 /// [`compute`] with activations meeting Q8_0 weights as `act` says.
 pub fn compute_with(
-    image: &Image,
+    image: &Model,
     tokens: &[u32],
     last: bool,
     chunk: usize,
@@ -117,7 +117,7 @@ pub enum PictureInput<'p> {
 /// Logits of `tokens` with a picture spliced at the image-token positions, through the
 /// Session API in an arena of exactly the planned size. Returns `(positions, logits)`.
 pub fn compute_with_image(
-    image: &Image<'_>,
+    image: &Model<'_>,
     tokens: &[u32],
     picture: PictureInput<'_>,
     last: bool,
@@ -193,7 +193,7 @@ pub fn compute_with_image(
 
 /// `ids` as decoder ids: -200 (the placeholder `run --json` prints) becomes the image's
 /// image-token id, which needs a picture.
-fn resolve_placeholder(image: &Image, ids: &[i64], picture: bool) -> Result<Vec<u32>> {
+fn resolve_placeholder(image: &Model, ids: &[i64], picture: bool) -> Result<Vec<u32>> {
     let marker = image
         .config()
         .decoder

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
-use glimpse_core::Image;
+use glimpse_core::Model;
 use glimpse_core::arena::ALIGN;
 use glimpse_core::decoder::{DEFAULT_CHUNK, KvFormat};
 use glimpse_core::planner::{
@@ -92,7 +92,7 @@ pub struct PlanArgs {
 }
 
 /// The context a run plans for by default: [`DEFAULT_CONTEXT`], at most the model's.
-pub fn default_context(image: &Image<'_>) -> usize {
+pub fn default_context(image: &Model<'_>) -> usize {
     image
         .config()
         .decoder
@@ -103,7 +103,7 @@ pub fn default_context(image: &Image<'_>) -> usize {
 }
 
 /// The plan options of `a` for `image`.
-pub fn options(a: &PlanArgs, image: &Image<'_>) -> PlanOptions {
+pub fn options(a: &PlanArgs, image: &Model<'_>) -> PlanOptions {
     PlanOptions {
         resolution: a.image_size,
         max_context: a.context.unwrap_or_else(|| default_context(image)),

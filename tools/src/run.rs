@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail, ensure};
-use glimpse_core::Image;
+use glimpse_core::Model;
 use glimpse_core::arena::ALIGN;
 use glimpse_core::planner::ArenaPlan;
 use glimpse_core::sampler::SamplerConfig;
@@ -124,7 +124,7 @@ impl TokenSink for StdoutSink {
 /// use too), with what the flags change.
 pub fn session_options(
     a: &RunArgs,
-    image: &Image<'_>,
+    image: &Model<'_>,
     picture: Option<&Picture>,
 ) -> SessionOptions {
     let sampler = SamplerConfig {
@@ -147,7 +147,7 @@ pub fn session_options(
 
 /// The prompt of `a`: `--tokens` as ids, `--raw` (or a template-less model asked
 /// without a picture) as text tokenized as it is, else a chat turn.
-fn prompt_of<'p>(a: &'p RunArgs, image: &Image<'_>, picture: bool) -> Prompt<'p> {
+fn prompt_of<'p>(a: &'p RunArgs, image: &Model<'_>, picture: bool) -> Prompt<'p> {
     if let Some(ids) = &a.tokens {
         return Prompt::Ids(ids);
     }
@@ -175,7 +175,7 @@ fn ms(us: u64) -> f64 {
 pub fn run(a: &RunArgs) -> Result<ExitCode> {
     let mapped = glimpse_host::MappedImage::open(&a.image)
         .with_context(|| format!("opening {}", a.image.display()))?;
-    let image = Image::parse(mapped.bytes())?;
+    let image = Model::parse(mapped.bytes())?;
     let tok = match Tokenizer::from_image(&image) {
         Ok(t) => Some(t),
         Err(TokenizerError::NoTokenizer) => None,

@@ -10,7 +10,7 @@
 //! Timings come from the session's clock (TTFT: call start to first sampled token).
 
 use anyhow::Result;
-use glimpse_core::Image;
+use glimpse_core::Model;
 use glimpse_core::planner::ArenaPlan;
 use glimpse_core::preprocess::{Frame, PixelFormat};
 use glimpse_core::session::{IMAGE_SENTINEL, ImageInput, Prompt, Report, Session, SessionOptions};
@@ -62,7 +62,7 @@ const QUESTION: &str = "Describe the image.";
 const FOLLOW_UP: &str = "What is in the top left corner, and what colour is it?";
 
 fn run_frames(
-    image: &Image<'_>,
+    image: &Model<'_>,
     opts: &SessionOptions,
     frames: &[Vec<u8>],
     side: usize,
@@ -88,7 +88,7 @@ fn run_frames(
 }
 
 /// Measure at `resolution` with `frames` frames of the stream (at least 2).
-pub fn bench_session(image: &Image<'_>, resolution: usize, frames: usize) -> Result<SessionBench> {
+pub fn bench_session(image: &Model<'_>, resolution: usize, frames: usize) -> Result<SessionBench> {
     let side = resolution;
     let pictures: Vec<Vec<u8>> = (0..frames.max(2)).map(|k| frame_bytes(side, k)).collect();
     let mut opts =

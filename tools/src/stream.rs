@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
-use glimpse_core::Image;
+use glimpse_core::Model;
 use glimpse_core::planner::{ArenaPlan, DEFAULT_MAX_FRAME_SIDE};
 use glimpse_core::session::{Prompt, Session, SessionOptions};
 use glimpse_core::stream::FrameStream;
@@ -116,7 +116,7 @@ pub fn run(a: &StreamArgs) -> Result<ExitCode> {
     );
     let mapped = glimpse_host::MappedImage::open(&a.model)
         .with_context(|| format!("opening {}", a.model.display()))?;
-    let image = Image::parse(mapped.bytes())?;
+    let image = Model::parse(mapped.bytes())?;
     if image.config().vision.is_none() {
         bail!(
             "{} has no vision encoder: streams need a VLM",

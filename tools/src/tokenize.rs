@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use glimpse_core::Image;
+use glimpse_core::Model;
 use glimpse_core::tokenizer::{MAX_PIECE_BYTES, Specials, Tokenizer, Workspace};
 
 use crate::TokenizeArgs;
@@ -34,7 +34,7 @@ pub fn decode(tok: &Tokenizer<'_>, ids: &[u32]) -> Result<String> {
 pub fn run(a: &TokenizeArgs) -> Result<ExitCode> {
     let mapped = glimpse_host::MappedImage::open(&a.image)
         .with_context(|| format!("opening {}", a.image.display()))?;
-    let image = Image::parse(mapped.bytes())?;
+    let image = Model::parse(mapped.bytes())?;
     let tok = Tokenizer::from_image(&image)?;
     let specials = if a.no_special {
         Specials::Plain

@@ -24,7 +24,7 @@ use glimpse_quant::layout::DecoderConfig;
 
 use crate::arena::{Arena, bound, padded};
 use crate::error::{Dims, Error, TensorName, tensor_name};
-use crate::image::{Image, TensorView};
+use crate::image::{Model, TensorView};
 use crate::kernels::Vector;
 use crate::kernels::cpu::Cpu;
 use crate::kernels::linear::{
@@ -115,7 +115,7 @@ pub struct Layer<'a> {
 /// references into the image.
 #[derive(Clone, Copy, Debug)]
 pub struct Decoder<'a> {
-    image: &'a Image<'a>,
+    image: &'a Model<'a>,
     config: &'a DecoderConfig,
     shape: Shape,
     embed: Weights<'a>,
@@ -136,7 +136,7 @@ fn layer_name(layer: usize, suffix: &str) -> TensorName {
 impl<'a> Decoder<'a> {
     /// Resolve and check every decoder tensor of `image` (names, shapes, dtypes) against
     /// its decoder config. Errors name the first tensor that does not fit.
-    pub fn new(image: &'a Image<'a>) -> Result<Self, Error> {
+    pub fn new(image: &'a Model<'a>) -> Result<Self, Error> {
         let config = image.config().decoder.as_ref().ok_or(Error::Config {
             what: "the image has no decoder",
         })?;
@@ -248,7 +248,7 @@ impl<'a> Decoder<'a> {
     }
 }
 
-fn find<'a>(image: &'a Image<'a>, name: &str) -> Result<TensorView<'a>, Error> {
+fn find<'a>(image: &'a Model<'a>, name: &str) -> Result<TensorView<'a>, Error> {
     image.find(name).map_err(|error| Error::Tensor {
         tensor: tensor_name(name),
         error,
@@ -267,7 +267,7 @@ fn check_dims(t: &TensorView, want: &[u32]) -> Result<(), Error> {
 }
 
 fn matrix<'a>(
-    image: &'a Image<'a>,
+    image: &'a Model<'a>,
     name: &str,
     rows: usize,
     cols: usize,
@@ -277,7 +277,7 @@ fn matrix<'a>(
     Weights::from_view(&t)
 }
 
-fn vector<'a>(image: &'a Image<'a>, name: &str, len: usize) -> Result<Vector<'a>, Error> {
+fn vector<'a>(image: &'a Model<'a>, name: &str, len: usize) -> Result<Vector<'a>, Error> {
     let t = find(image, name)?;
     check_dims(&t, &[len as u32])?;
     Vector::from_view(&t)

@@ -125,16 +125,16 @@ fn image_bytes(arch: DecoderArch, tied: bool, weights: DType, skip: &str) -> Vec
     b.to_bytes().unwrap()
 }
 
-/// 64-byte aligned copy (Image::parse wants an aligned start).
+/// 64-byte aligned copy (Model::parse wants an aligned start).
 fn aligned(bytes: &[u8]) -> Vec<u128> {
     let mut v = vec![0u128; bytes.len().div_ceil(16)];
     bytemuck::cast_slice_mut::<u128, u8>(&mut v)[..bytes.len()].copy_from_slice(bytes);
     v
 }
 
-fn with_image<R>(bytes: &[u8], f: impl FnOnce(&Image) -> R) -> R {
+fn with_image<R>(bytes: &[u8], f: impl FnOnce(&Model) -> R) -> R {
     let store = aligned(bytes);
-    let img = Image::parse(&bytemuck::cast_slice::<u128, u8>(&store)[..bytes.len()]).unwrap();
+    let img = Model::parse(&bytemuck::cast_slice::<u128, u8>(&store)[..bytes.len()]).unwrap();
     f(&img)
 }
 

@@ -130,7 +130,7 @@ impl<'a> Weights<'a> {
         Self::with_layout(v.dtype, v.layout, rows as usize, cols as usize, v.data).map_err(|e| {
             match e {
                 Error::Length { .. } => {
-                    Error::Image(crate::image::ImageError::PayloadSize { index: v.index })
+                    Error::Model(crate::image::ImageError::PayloadSize { index: v.index })
                 }
                 _ => Error::DType {
                     tensor: tensor_name(v.name),

@@ -24,7 +24,7 @@ use core::fmt;
 
 use glimpse_quant::layout::{PreTokenizer, TokenizerConfig, TokenizerModel};
 
-use crate::image::{Image, ImageError};
+use crate::image::{ImageError, Model};
 
 pub use bpe::Merges;
 pub use pretokenize::Pieces;
@@ -50,7 +50,7 @@ pub enum TokenizerError {
     /// A tokenizer model other than byte-level BPE.
     UnsupportedModel,
     /// A `tokenizer.*` table is missing or has the wrong dtype.
-    Image {
+    Model {
         /// The table.
         table: &'static str,
         /// What the image reader said.
@@ -94,7 +94,7 @@ impl fmt::Display for TokenizerError {
             TokenizerError::UnsupportedModel => {
                 f.write_str("tokenizer model is not byte-level BPE")
             }
-            TokenizerError::Image { table, error } => write!(f, "{table}: {error}"),
+            TokenizerError::Model { table, error } => write!(f, "{table}: {error}"),
             TokenizerError::BadTable { table } => {
                 write!(f, "{table}: contents disagree with the tokenizer config")
             }
@@ -149,25 +149,25 @@ pub struct Tables<'a> {
 
 impl<'a> Tables<'a> {
     /// The tables of `image` (an image without merges has an empty merge table).
-    pub fn from_image(image: &Image<'a>) -> Result<Self, TokenizerError> {
+    pub fn from_image(image: &Model<'a>) -> Result<Self, TokenizerError> {
         fn get<'a, T>(
-            image: &Image<'a>,
+            image: &Model<'a>,
             table: &'static str,
             f: impl Fn(&crate::image::TensorView<'a>) -> Result<T, ImageError>,
         ) -> Result<T, TokenizerError> {
             image
                 .find(table)
                 .and_then(|t| f(&t))
-                .map_err(|error| TokenizerError::Image { table, error })
+                .map_err(|error| TokenizerError::Model { table, error })
         }
         let merges = match image.find("tokenizer.merges") {
-            Ok(t) => t.as_u32().map_err(|error| TokenizerError::Image {
+            Ok(t) => t.as_u32().map_err(|error| TokenizerError::Model {
                 table: "tokenizer.merges",
                 error,
             })?,
             Err(ImageError::MissingTensor) => &[],
             Err(error) => {
-                return Err(TokenizerError::Image {
+                return Err(TokenizerError::Model {
                     table: "tokenizer.merges",
                     error,
                 });
@@ -238,7 +238,7 @@ pub struct Tokenizer<'a> {
 
 impl<'a> Tokenizer<'a> {
     /// The tokenizer of a weights image.
-    pub fn from_image(image: &Image<'a>) -> Result<Self, TokenizerError> {
+    pub fn from_image(image: &Model<'a>) -> Result<Self, TokenizerError> {
         let cfg = image
             .config()
             .tokenizer

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::arena::{ALIGN, Arena};
 use crate::error::Error;
-use crate::image::Image;
+use crate::image::Model;
 use glimpse_hal::Executor;
 
 use crate::kernels::attention::{PackedQkv, self_attention_with};
@@ -55,7 +55,7 @@ pub fn layer_norm_channel(x: &[f32], out: &mut [f32], w: &[f32], b: &[f32], eps:
 impl<'a> AttentionBlock<'a> {
     /// Find and check `vision.stages.{stage}.blocks.{block}.*`.
     pub fn load(
-        image: &Image<'a>,
+        image: &Model<'a>,
         cfg: &VisionConfig,
         stage: usize,
         block: usize,

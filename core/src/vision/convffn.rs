@@ -18,7 +18,7 @@ use super::{
 };
 use crate::arena::Arena;
 use crate::error::Error;
-use crate::image::Image;
+use crate::image::Model;
 use glimpse_hal::Executor;
 
 use crate::kernels::conv::{Grouped, Params, grouped_conv_with};
@@ -70,7 +70,7 @@ impl<'a> ConvFfn<'a> {
     /// Find and check `{p}.ffn.*` and `{p}.ffn_scale`, where `p` is the canonical prefix
     /// of the block (`vision.stages.{s}.blocks.{b}`).
     pub fn load(
-        image: &Image<'a>,
+        image: &Model<'a>,
         cfg: &VisionConfig,
         p: &str,
         dim: usize,

@@ -7,7 +7,7 @@ use glimpse_quant::layout::VisionConfig;
 use super::{Shape, Work, find, kept, kernel_size, matrix, prefix, prefix_mut, vector};
 use crate::arena::Arena;
 use crate::error::Error;
-use crate::image::Image;
+use crate::image::Model;
 use glimpse_hal::Executor;
 
 use crate::kernels::conv::{Grouped, Params, grouped_conv_with};
@@ -37,7 +37,7 @@ pub struct Head<'a> {
 
 impl<'a> Head<'a> {
     /// Find and check `vision.head.*`.
-    pub fn load(image: &Image<'a>, cfg: &VisionConfig) -> Result<Self, Error> {
+    pub fn load(image: &Model<'a>, cfg: &VisionConfig) -> Result<Self, Error> {
         let in_dim = cfg.stages.last().map_or(0, |s| s.dim as usize);
         let out_dim = cfg.out_dim as usize;
         if in_dim == 0 || !out_dim.is_multiple_of(in_dim) {

@@ -42,7 +42,7 @@ use glimpse_quant::layout::{TokenMixer, VisionConfig};
 
 use crate::arena::{Arena, padded};
 use crate::error::{Dims, Error, tensor_name};
-use crate::image::{Image, TensorView};
+use crate::image::{Model, TensorView};
 use crate::kernels::conv::Params;
 use crate::kernels::linear::linear_vec_with;
 use crate::kernels::par::with_default_executor;
@@ -123,7 +123,7 @@ impl Work {
 
 /// Look a tensor up by its canonical name.
 pub(crate) fn find<'a>(
-    image: &Image<'a>,
+    image: &Model<'a>,
     name: fmt::Arguments<'_>,
 ) -> Result<TensorView<'a>, Error> {
     let mut buf = heapless::String::<128>::new();
@@ -155,7 +155,7 @@ fn expect_dims(v: &TensorView<'_>, dims: &[usize]) -> Result<(), Error> {
 
 /// A kept (f32/f16/bf16) tensor of exactly `dims`.
 pub(crate) fn kept<'a>(
-    image: &Image<'a>,
+    image: &Model<'a>,
     name: fmt::Arguments<'_>,
     dims: &[usize],
 ) -> Result<Params<'a>, Error> {
@@ -166,7 +166,7 @@ pub(crate) fn kept<'a>(
 
 /// A 1-D kept tensor as a [`Vector`] (linear biases).
 pub(crate) fn vector<'a>(
-    image: &Image<'a>,
+    image: &Model<'a>,
     name: fmt::Arguments<'_>,
     len: usize,
 ) -> Result<Vector<'a>, Error> {
@@ -177,7 +177,7 @@ pub(crate) fn vector<'a>(
 
 /// A `[rows, cols]` matrix in any stored format.
 pub(crate) fn matrix<'a>(
-    image: &Image<'a>,
+    image: &Model<'a>,
     name: fmt::Arguments<'_>,
     rows: usize,
     cols: usize,
@@ -285,7 +285,7 @@ fn stage_dim(cfg: &VisionConfig, i: usize) -> usize {
 /// The FastViTHD encoder of a weights image.
 #[derive(Debug, Clone, Copy)]
 pub struct VisionEncoder<'a> {
-    image: &'a Image<'a>,
+    image: &'a Model<'a>,
     cfg: &'a VisionConfig,
 }
 
@@ -358,7 +358,7 @@ impl<'a> VisionEncoder<'a> {
     /// The encoder of `image`, after checking that its config describes a FastViTHD the
     /// runtime can run and that every tensor it names exists with the implied shape and
     /// a usable format.
-    pub fn new(image: &'a Image<'a>) -> Result<Self, Error> {
+    pub fn new(image: &'a Model<'a>) -> Result<Self, Error> {
         let cfg = image.config().vision.as_ref().ok_or(Error::Config {
             what: "the image has no vision encoder",
         })?;

@@ -8,7 +8,7 @@ use super::{
 };
 use crate::arena::Arena;
 use crate::error::Error;
-use crate::image::Image;
+use crate::image::Model;
 use glimpse_hal::Executor;
 
 use crate::kernels::conv::{Grouped, Params, grouped_conv_with};
@@ -30,7 +30,7 @@ pub struct PatchEmbed<'a> {
 impl<'a> PatchEmbed<'a> {
     /// Find and check `vision.stages.{stage}.down.*`.
     pub fn load(
-        image: &Image<'a>,
+        image: &Model<'a>,
         stage: usize,
         in_dim: usize,
         out_dim: usize,

@@ -7,7 +7,7 @@ use glimpse_quant::layout::VisionConfig;
 use super::{Shape, Work, find, kept, kernel_size, prefix, prefix_mut};
 use crate::arena::Arena;
 use crate::error::Error;
-use crate::image::Image;
+use crate::image::Model;
 use glimpse_hal::Executor;
 
 use crate::kernels::conv::{Grouped, Params, grouped_conv_with};
@@ -24,7 +24,7 @@ pub struct RepCpe<'a> {
 impl<'a> RepCpe<'a> {
     /// Find and check `vision.stages.{stage}.pos.*`.
     pub fn load(
-        image: &Image<'a>,
+        image: &Model<'a>,
         cfg: &VisionConfig,
         stage: usize,
         dim: usize,

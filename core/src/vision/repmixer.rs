@@ -8,7 +8,7 @@ use super::convffn::{ConvFfn, FfnInput};
 use super::{Shape, Work, block_prefix, find, kept, kernel_size};
 use crate::arena::Arena;
 use crate::error::Error;
-use crate::image::Image;
+use crate::image::Model;
 use glimpse_hal::Executor;
 
 use crate::kernels::conv::Params;
@@ -26,7 +26,7 @@ pub struct RepMixerBlock<'a> {
 impl<'a> RepMixerBlock<'a> {
     /// Find and check `vision.stages.{stage}.blocks.{block}.*`.
     pub fn load(
-        image: &Image<'a>,
+        image: &Model<'a>,
         cfg: &VisionConfig,
         stage: usize,
         block: usize,

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::arena::Arena;
 use crate::error::Error;
-use crate::image::Image;
+use crate::image::Model;
 use glimpse_hal::Executor;
 
 use crate::kernels::conv::{Dense, Grouped, Params, dense_conv_planar_on, grouped_conv_with};
@@ -39,7 +39,7 @@ pub struct Stem<'a> {
 
 impl<'a> Stem<'a> {
     /// Find and check `vision.stem.*`.
-    pub fn load(image: &Image<'a>, cfg: &VisionConfig) -> Result<Self, Error> {
+    pub fn load(image: &Model<'a>, cfg: &VisionConfig) -> Result<Self, Error> {
         let ci = cfg.in_channels as usize;
         let dim = cfg.stages.first().map_or(0, |s| s.dim as usize);
         let v0 = find(image, format_args!("vision.stem.0.weight"))?;

@@ -22,7 +22,7 @@ pub enum Error {
         window: u64,
     },
     /// The weights image failed a structural check or a checksum.
-    Image(ImageError),
+    Model(ImageError),
     /// The tokenizer refused (no tokenizer in the image, bad tables, prompt too long).
     Tokenizer(TokenizerError),
     /// The core refused (arena too small, context overflow, model config).
@@ -41,7 +41,7 @@ impl From<RequestError> for Error {
 
 impl From<ImageError> for Error {
     fn from(e: ImageError) -> Self {
-        Error::Image(e)
+        Error::Model(e)
     }
 }
 
@@ -55,7 +55,7 @@ impl From<CoreError> for Error {
     fn from(e: CoreError) -> Self {
         match e {
             // One spelling for image errors, however they reached us.
-            CoreError::Image(i) => Error::Image(i),
+            CoreError::Model(i) => Error::Model(i),
             e => Error::Core(e),
         }
     }
@@ -69,7 +69,7 @@ impl fmt::Display for Error {
                 f,
                 "weights image of {len} bytes does not fit the board's {window}-byte window"
             ),
-            Error::Image(e) => write!(f, "weights image: {e}"),
+            Error::Model(e) => write!(f, "weights image: {e}"),
             Error::Tokenizer(e) => write!(f, "tokenizer: {e}"),
             Error::Core(e) => write!(f, "{e}"),
             Error::Unsupported(what) => write!(f, "unsupported: {what}"),

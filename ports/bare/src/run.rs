@@ -12,7 +12,7 @@
 //! prompt goes to [`Session::run`] as a chat turn, or as raw text; the generated ids are
 //! read back through the session.
 
-use glimpse_core::Image;
+use glimpse_core::Model;
 use glimpse_core::arena::ALIGN;
 use glimpse_core::decoder::KvFormat;
 use glimpse_core::planner::ArenaPlan;
@@ -112,7 +112,7 @@ fn is_raw(req: &Request<'_>, template: &ChatTemplate) -> bool {
 /// The session options for `req` on `image`: the core's defaults for the model, the
 /// frame and the prompt ([`SessionOptions::for_model`], which `glimpse run` starts from
 /// too), with the request's sampler and token budget.
-fn session_options(req: &Request<'_>, image: &Image<'_>) -> SessionOptions {
+fn session_options(req: &Request<'_>, image: &Model<'_>) -> SessionOptions {
     let prompt_bytes = req.prompt.len() + req.system.map_or(0, str::len);
     let frame_side = req.frame.as_ref().map(|f| f.width.max(f.height));
     SessionOptions {
@@ -138,7 +138,7 @@ pub fn run_request<'a, S: TokenSink, C: Counter>(
         ));
     }
     let t0 = counter.read();
-    let image = Image::parse(weights)?;
+    let image = Model::parse(weights)?;
     image.verify()?;
     let t1 = counter.read();
 
@@ -278,7 +278,7 @@ pub fn run_stream<O: TokenSink + FrameObserver, C: Counter>(
     use crate::request::RingSource;
 
     let t0 = counter.read();
-    let image = Image::parse(weights)?;
+    let image = Model::parse(weights)?;
     image.verify()?;
     let verify = counter.read().wrapping_sub(t0);
     let stream = req

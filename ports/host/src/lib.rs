@@ -18,7 +18,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use glimpse_core::image::{Image, ImageError};
+use glimpse_core::image::{ImageError, Model};
 use glimpse_quant::writer::{ImageBuilder, WriteError};
 use memmap2::{Mmap, MmapOptions};
 
@@ -46,7 +46,7 @@ pub enum HostError {
     },
     /// The bytes are not a valid image.
     #[error("{}: {source}", path.display())]
-    Image {
+    Model {
         /// The file.
         path: PathBuf,
         /// What the reader found.
@@ -114,26 +114,26 @@ impl MappedImage {
         self.map.is_empty()
     }
 
-    /// Parse the image (structure only; see [`Image::parse`]).
-    pub fn image(&self) -> Result<Image<'_>, ImageError> {
-        Image::parse(&self.map)
+    /// Parse the image (structure only; see [`Model::parse`]).
+    pub fn image(&self) -> Result<Model<'_>, ImageError> {
+        Model::parse(&self.map)
     }
 
     /// Parse and fully verify the image (every checksum and padding byte), with the
     /// path in the error.
-    pub fn verified(&self) -> Result<Image<'_>, HostError> {
+    pub fn verified(&self) -> Result<Model<'_>, HostError> {
         let img = self.parsed()?;
         img.verify().map_err(|source| self.error(source))?;
         Ok(img)
     }
 
     /// Parse the image, with the path in the error.
-    pub fn parsed(&self) -> Result<Image<'_>, HostError> {
+    pub fn parsed(&self) -> Result<Model<'_>, HostError> {
         self.image().map_err(|source| self.error(source))
     }
 
     fn error(&self, source: ImageError) -> HostError {
-        HostError::Image {
+        HostError::Model {
             path: self.path.clone(),
             source,
         }
@@ -236,7 +236,7 @@ mod tests {
         assert!(e.to_string().contains("t.glim"), "{e}");
         assert!(matches!(
             e,
-            HostError::Image {
+            HostError::Model {
                 source: ImageError::TensorChecksum { index: 0 },
                 ..
             }

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use glimpse_core::Image;
+use glimpse_core::Model;
 use glimpse_core::arena::Arena;
 use glimpse_core::decoder::{Decoder, DecoderState};
 
@@ -12,14 +12,14 @@ use glimpse_core::decoder::{Decoder, DecoderState};
 pub use glimpse_tests::{convert_to_bytes, max_abs_diff};
 
 /// Every position's logits for `tokens`, prefilled `chunk` positions at a time.
-pub fn prefill_all(image: &Image, tokens: &[u32], chunk: usize) -> Vec<f32> {
+pub fn prefill_all(image: &Model, tokens: &[u32], chunk: usize) -> Vec<f32> {
     prefill_all_with(image, tokens, chunk, Default::default())
 }
 
 /// [`prefill_all`] with activations meeting Q8_0 weights as `act` says.
 #[allow(dead_code)]
 pub fn prefill_all_with(
-    image: &Image,
+    image: &Model,
     tokens: &[u32],
     chunk: usize,
     act: glimpse_core::kernels::linear::Q8Activations,
@@ -37,7 +37,7 @@ pub fn prefill_all_with(
 }
 
 /// Every position's logits for `tokens`, one `decode_one` call per token.
-pub fn decode_each(image: &Image, tokens: &[u32]) -> Vec<f32> {
+pub fn decode_each(image: &Model, tokens: &[u32]) -> Vec<f32> {
     let dec = Decoder::new(image).expect("decoder");
     let n = tokens.len();
     let mut buf = vec![0u8; DecoderState::arena_bytes(dec.config(), n, 1).unwrap()];

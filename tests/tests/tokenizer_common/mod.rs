@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use glimpse_core::Image;
+use glimpse_core::Model;
 use glimpse_core::tokenizer::{Specials, Tokenizer};
 use glimpse_quant::layout::{DType, ModelConfig, ModelFamily, QuantRecipe};
 use glimpse_quant::writer::ImageBuilder;
@@ -155,6 +155,6 @@ pub fn check_corpus(tok: &Tokenizer<'_>, cases: &[Case]) {
 }
 
 /// Parse an image from aligned bytes.
-pub fn parse(bytes: &AlignedBytes) -> Image<'_> {
-    Image::parse(bytes.as_slice()).expect("parsing the tokenizer image")
+pub fn parse(bytes: &AlignedBytes) -> Model<'_> {
+    Model::parse(bytes.as_slice()).expect("parsing the tokenizer image")
 }

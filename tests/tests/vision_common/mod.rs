@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use glimpse_core::Image;
+use glimpse_core::Model;
 use glimpse_core::arena::Arena;
 use glimpse_core::projector::Projector;
 use glimpse_core::vision::{Shape, Tap, VisionEncoder};
@@ -51,7 +51,7 @@ pub struct Run {
 }
 
 /// Run encoder and projector on `pixels` in an arena of exactly the planned size.
-pub fn run(image: &Image, pixels: &[f32], resolution: usize) -> Run {
+pub fn run(image: &Model, pixels: &[f32], resolution: usize) -> Run {
     let enc = VisionEncoder::new(image).expect("vision encoder");
     let proj = Projector::new(image).expect("projector");
     let plan = enc.plan(resolution).expect("plan");

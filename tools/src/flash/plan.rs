@@ -6,7 +6,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use glimpse_core::image::{BASE_ALIGN, Image};
+use glimpse_core::image::{BASE_ALIGN, Model};
 use glimpse_host::MappedImage;
 use glimpse_quant::layout::DATA_ALIGN;
 use probe_rs::Target;
@@ -216,7 +216,7 @@ fn open_image(path: &Path) -> Result<(MappedImage, String, u32), FlashError> {
     };
     let mapped = MappedImage::open(path).map_err(|e| bad(e.to_string()))?;
     // Checksums too: flashing a corrupted image costs minutes and fails only on the device.
-    let image = Image::parse(mapped.bytes()).map_err(|e| bad(e.to_string()))?;
+    let image = Model::parse(mapped.bytes()).map_err(|e| bad(e.to_string()))?;
     image.verify().map_err(|e| bad(e.to_string()))?;
     let model = image.config().name.as_str().to_string();
     let tensors = image.header().tensor_count;
