@@ -17,6 +17,7 @@ pub mod blocks;
 pub mod crc32;
 pub mod error;
 pub mod fp8;
+#[cfg(feature = "gguf")]
 pub mod gguf;
 pub mod layout;
 pub mod repack;
@@ -25,5 +26,6 @@ pub mod writer;
 
 pub use blocks::{dequantize_row, quantize_row};
 pub use error::QuantError;
+#[cfg(feature = "gguf")]
 pub use gguf::GgmlType;
 pub use layout::DType;
