@@ -11,7 +11,7 @@
 //! `<image>\n` at the start of the user turn (spec/fastvlm.md section 5.1). Render the
 //! result with [`crate::tokenizer::Specials::Parse`] so the markers become control tokens.
 
-use glimpse_quant::layout::ChatTemplate;
+use glimpse_quant::schema::ChatTemplate;
 
 use crate::error::Error;
 

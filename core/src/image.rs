@@ -16,9 +16,10 @@ use core::iter::FusedIterator;
 
 use glimpse_quant::crc32::{Crc32, crc32};
 use glimpse_quant::layout::{
-    DATA_ALIGN, DType, ENTRY_LEN, HEADER_LEN, Header, LayoutError, MAX_DIMS, MAX_NAME_LEN,
-    ModelConfig, Region, TensorEntry, TensorLayout,
+    DATA_ALIGN, DType, ENTRY_LEN, HEADER_LEN, Header, LayoutError, MAX_DIMS, MAX_NAME_LEN, Region,
+    TensorEntry, TensorLayout,
 };
+use glimpse_quant::schema::ModelConfig;
 
 /// Alignment the image's first byte must have. Payloads sit at multiples of
 /// [`DATA_ALIGN`] from it, so every payload is at least this aligned in memory: enough for
@@ -712,7 +713,7 @@ mod tests {
     extern crate std;
 
     use super::*;
-    use glimpse_quant::layout::{
+    use glimpse_quant::schema::{
         ChatTemplate, DecoderArch, DecoderConfig, ModelFamily, PreTokenizer, QuantRecipe,
         TokenizerConfig, TokenizerModel,
     };

@@ -21,7 +21,7 @@
 use core::fmt;
 use core::ops::Range;
 
-use glimpse_quant::layout::ModelFamily;
+use glimpse_quant::schema::ModelFamily;
 
 use crate::arena::{ALIGN, padded};
 use crate::decoder::{DEFAULT_CHUNK, DecoderState, KvFormat};

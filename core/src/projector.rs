@@ -2,7 +2,7 @@
 //! out)`, applied to each vision token; it maps FastViTHD features into the decoder's
 //! embedding space.
 
-use glimpse_quant::layout::ProjectorConfig;
+use glimpse_quant::schema::ProjectorConfig;
 
 use crate::arena::{ALIGN, Arena, padded};
 use crate::error::Error;

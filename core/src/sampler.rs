@@ -7,7 +7,7 @@
 //! top-p over the renormalized survivors, then one draw. Temperature 0 (or top-k 1) is
 //! greedy: the first index of the largest logit.
 
-use glimpse_quant::layout::DecoderConfig;
+use glimpse_quant::schema::DecoderConfig;
 
 use crate::error::Error;
 

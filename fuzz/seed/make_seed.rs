@@ -4,11 +4,7 @@
 //! `cargo run --manifest-path fuzz/Cargo.toml --bin make_seed -- fuzz/corpus/image_reader`
 
 use glimpse_quant::DType;
-use glimpse_quant::layout::{
-    ChatTemplate, DecoderArch, DecoderConfig, ModelConfig, ModelFamily, PreTokenizer,
-    ProjectorConfig, QuantRecipe, TokenMixer, TokenizerConfig, TokenizerModel, VisionConfig,
-    VisionStage,
-};
+use glimpse_quant::schema::{ChatTemplate, DecoderArch, DecoderConfig, ModelConfig, ModelFamily, PreTokenizer, ProjectorConfig, QuantRecipe, TokenMixer, TokenizerConfig, TokenizerModel, VisionConfig, VisionStage};
 use glimpse_quant::writer::ImageBuilder;
 
 fn config(with_everything: bool) -> ModelConfig {

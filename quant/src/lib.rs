@@ -21,6 +21,7 @@ pub mod fp8;
 pub mod gguf;
 pub mod layout;
 pub mod repack;
+pub mod schema;
 #[cfg(feature = "std")]
 pub mod writer;
 

@@ -13,9 +13,10 @@ use std::vec::Vec;
 
 use crate::crc32::{Crc32, crc32};
 use crate::layout::{
-    DATA_ALIGN, DType, ENTRY_LEN, HEADER_LEN, Header, MAX_DIMS, MAX_NAME_LEN, ModelConfig, Region,
-    TensorEntry, TensorLayout, VERSION_MINOR,
+    DATA_ALIGN, DType, ENTRY_LEN, HEADER_LEN, Header, MAX_DIMS, MAX_NAME_LEN, Region, TensorEntry,
+    TensorLayout, VERSION_MINOR,
 };
+use crate::schema::ModelConfig;
 
 /// Why a tensor or an image could not be written.
 #[derive(Debug)]
@@ -414,7 +415,7 @@ fn pad<W: Write>(w: &mut W, at: &mut u64, to: u64) -> Result<(), WriteError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::{ModelFamily, QuantRecipe, decode_config};
+    use crate::schema::{ModelFamily, QuantRecipe, decode_config};
     use std::vec;
 
     fn config() -> ModelConfig {

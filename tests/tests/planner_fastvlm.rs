@@ -9,7 +9,7 @@ use glimpse_core::Model;
 use glimpse_core::decoder::KvFormat;
 use glimpse_core::planner::{ArenaPlan, Buf, Phase, PlanOptions};
 use glimpse_quant::DType;
-use glimpse_quant::layout::{
+use glimpse_quant::schema::{
     DecoderArch, DecoderConfig, ModelConfig, ModelFamily, ProjectorConfig, QuantRecipe, TokenMixer,
     VisionConfig, VisionStage,
 };

@@ -4,7 +4,7 @@
 //! unless GLIMPSE_REQUIRE_ASSETS=1 (then it fails).
 
 use glimpse_quant::DType;
-use glimpse_quant::layout::{ChatTemplate, PreTokenizer};
+use glimpse_quant::schema::{ChatTemplate, PreTokenizer};
 use glimpse_tools::convert::tokenizer::{
     TYPE_CONTROL, TYPE_NORMAL, TYPE_USER_DEFINED, from_tokenizer_json,
 };

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use glimpse_host::MappedImage;
 use glimpse_quant::DType;
-use glimpse_quant::layout::{ChatTemplate, DecoderArch, ModelFamily, PreTokenizer};
+use glimpse_quant::schema::{ChatTemplate, DecoderArch, ModelFamily, PreTokenizer};
 use glimpse_tools::QuantArg;
 use glimpse_tools::convert::model::Role;
 use glimpse_tools::convert::{self, Options, Report};

@@ -6,7 +6,7 @@
 mod tokenizer_common;
 
 use glimpse_core::tokenizer::{Specials, Tokenizer, TokenizerError, Workspace};
-use glimpse_quant::layout::PreTokenizer;
+use glimpse_quant::schema::PreTokenizer;
 use glimpse_tools::convert::tokenizer::from_tokenizer_json;
 use tokenizer_common::*;
 

@@ -6,7 +6,7 @@
 mod tokenizer_common;
 
 use glimpse_core::tokenizer::Tokenizer;
-use glimpse_quant::layout::PreTokenizer;
+use glimpse_quant::schema::PreTokenizer;
 use glimpse_tools::convert::gguf::GgufFile;
 use glimpse_tools::convert::tokenizer::from_gguf;
 use tokenizer_common::*;

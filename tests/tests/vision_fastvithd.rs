@@ -9,7 +9,7 @@ use glimpse_core::projector::Projector;
 use glimpse_core::vision::{Tap, VisionEncoder};
 use glimpse_core::{Error, Model};
 use glimpse_quant::DType;
-use glimpse_quant::layout::{
+use glimpse_quant::schema::{
     ModelConfig, ModelFamily, ProjectorConfig, QuantRecipe, TokenMixer, VisionConfig, VisionStage,
 };
 use glimpse_quant::writer::ImageBuilder;

@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use glimpse_core::image::{ImageError, Model};
 use glimpse_host::MappedImage;
 use glimpse_quant::DType;
-use glimpse_quant::layout::{ChatTemplate, ModelConfig, TensorLayout, VERSION_MAJOR};
+use glimpse_quant::layout::{TensorLayout, VERSION_MAJOR};
+use glimpse_quant::schema::{ChatTemplate, ModelConfig};
 use serde_json::{Value, json};
 
 use crate::InspectArgs;
@@ -444,7 +445,7 @@ pub fn run(a: &InspectArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use glimpse_quant::layout::{
+    use glimpse_quant::schema::{
         DecoderArch, DecoderConfig, ModelFamily, ProjectorConfig, QuantRecipe, TokenMixer,
         VisionConfig, VisionStage,
     };

@@ -17,7 +17,7 @@ use glimpse_core::sampler::SamplerConfig;
 use glimpse_core::session::{IMAGE_SENTINEL, ImageInput, Prompt, Report, Session, SessionOptions};
 use glimpse_core::tokenizer::{Tokenizer, TokenizerError};
 use glimpse_hal::{ErrorKind, ErrorType, TokenSink};
-use glimpse_quant::layout::ChatTemplate;
+use glimpse_quant::schema::ChatTemplate;
 
 use crate::RunArgs;
 use crate::plan::KvArg;

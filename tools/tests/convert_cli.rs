@@ -10,7 +10,7 @@ use gguf_writer::{Store, Tiny, V};
 use glimpse_host::MappedImage;
 use glimpse_quant::DType;
 use glimpse_quant::blocks::quantize_row;
-use glimpse_quant::layout::PreTokenizer;
+use glimpse_quant::schema::PreTokenizer;
 
 fn glimpse(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_glimpse"))

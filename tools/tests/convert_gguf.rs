@@ -3,7 +3,7 @@
 mod gguf_writer;
 
 use gguf_writer::{GgufWriter, Store, T, TINY, Tiny, V, llamacpp_permute, values};
-use glimpse_quant::layout::{ChatTemplate, DecoderArch, PreTokenizer};
+use glimpse_quant::schema::{ChatTemplate, DecoderArch, PreTokenizer};
 use glimpse_tools::convert::gguf::{
     self, GgufError, GgufHeader, Value, permute_rope_rows, unpermute_rope_rows,
 };

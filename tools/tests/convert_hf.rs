@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use glimpse_quant::layout::{DecoderArch, ModelFamily, TokenMixer};
+use glimpse_quant::schema::{DecoderArch, ModelFamily, TokenMixer};
 use glimpse_tools::convert::hf::load;
 use glimpse_tools::convert::model::{ConvertedModel, Role};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
@@ -1422,7 +1422,7 @@ fn full_size_random_fastvlm() {
 /// a template with its own literal default keeps that one.
 #[test]
 fn fastvlm_gets_the_qwen2_system_prompt_when_the_template_has_none() {
-    use glimpse_quant::layout::ChatTemplate;
+    use glimpse_quant::schema::ChatTemplate;
     use glimpse_tools::QuantArg;
     use glimpse_tools::convert::{Options, convert};
 

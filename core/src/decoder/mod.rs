@@ -20,7 +20,7 @@ use core::fmt::Write as _;
 
 use glimpse_hal::Executor;
 use glimpse_quant::DType;
-use glimpse_quant::layout::DecoderConfig;
+use glimpse_quant::schema::DecoderConfig;
 
 use crate::arena::{Arena, bound, padded};
 use crate::error::{Dims, Error, TensorName, tensor_name};

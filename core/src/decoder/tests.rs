@@ -4,7 +4,7 @@
 
 use super::*;
 use glimpse_quant::blocks::quantize_row;
-use glimpse_quant::layout::{DecoderArch, ModelConfig, ModelFamily, QuantRecipe};
+use glimpse_quant::schema::{DecoderArch, ModelConfig, ModelFamily, QuantRecipe};
 use glimpse_quant::writer::ImageBuilder;
 use std::string::String;
 use std::vec;

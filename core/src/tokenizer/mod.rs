@@ -22,7 +22,7 @@ pub mod unicode;
 
 use core::fmt;
 
-use glimpse_quant::layout::{PreTokenizer, TokenizerConfig, TokenizerModel};
+use glimpse_quant::schema::{PreTokenizer, TokenizerConfig, TokenizerModel};
 
 use crate::image::{ImageError, Model};
 
@@ -132,7 +132,7 @@ pub enum Specials {
     Plain,
 }
 
-/// The `tokenizer.*` tables, as slices (see `glimpse_quant::layout::TokenizerConfig`).
+/// The `tokenizer.*` tables, as slices (see `glimpse_quant::schema::TokenizerConfig`).
 #[derive(Clone, Copy, Debug)]
 pub struct Tables<'a> {
     /// Every token's raw bytes, concatenated in id order.

@@ -11,7 +11,7 @@
 //! - SmolLM (llama.cpp `LLAMA_VOCAB_PRE_TYPE_SMOLLM`, HF `Digits(individual_digits)` then
 //!   `ByteLevel`): every `\p{N}` character alone, then GPT-2's pattern on the text between.
 
-use glimpse_quant::layout::PreTokenizer;
+use glimpse_quant::schema::PreTokenizer;
 
 use super::unicode::{CharClass, class};
 

@@ -1,7 +1,7 @@
 //! Unit tests on a toy vocabulary: 256 byte tokens, a few merges, added tokens.
 
 use super::*;
-use glimpse_quant::layout::ChatTemplate;
+use glimpse_quant::schema::ChatTemplate;
 use std::string::String;
 use std::vec;
 use std::vec::Vec;

@@ -4,7 +4,7 @@
 //! attention itself streams keys (see [`crate::kernels::attention`]); only the `N x 3C`
 //! QKV matrix is stored.
 
-use glimpse_quant::layout::{VisionConfig, VisionStage};
+use glimpse_quant::schema::{VisionConfig, VisionStage};
 
 use super::convffn::{ConvFfn, FfnInput};
 use super::{

@@ -11,7 +11,7 @@
 //! into the window); for a RepMixer block it is the RepMixer conv of it, computed into the
 //! window just ahead of use, which is why no second full-size buffer exists.
 
-use glimpse_quant::layout::VisionConfig;
+use glimpse_quant::schema::VisionConfig;
 
 use super::{
     Shape, TILE_FLOATS, Work, find, kept, kernel_size, matrix, prefix_mut, scaled_residual, vector,

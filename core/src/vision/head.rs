@@ -2,7 +2,7 @@
 //! width to `out_dim` (each input channel feeds `out_dim / C` outputs), squeeze-excite on
 //! the conv output, then GELU. Its output is the feature map the VLM uses.
 
-use glimpse_quant::layout::VisionConfig;
+use glimpse_quant::schema::VisionConfig;
 
 use super::{Shape, Work, find, kept, kernel_size, matrix, prefix, prefix_mut, vector};
 use crate::arena::Arena;

@@ -38,7 +38,7 @@ pub mod stem;
 use core::fmt::{self, Write as _};
 
 use glimpse_hal::Executor;
-use glimpse_quant::layout::{TokenMixer, VisionConfig};
+use glimpse_quant::schema::{TokenMixer, VisionConfig};
 
 use crate::arena::{Arena, padded};
 use crate::error::{Dims, Error, tensor_name};

@@ -2,7 +2,7 @@
 //! a depthwise conv with bias whose identity branch was folded into the kernel, so there
 //! is no residual add.
 
-use glimpse_quant::layout::VisionConfig;
+use glimpse_quant::schema::VisionConfig;
 
 use super::{Shape, Work, find, kept, kernel_size, prefix, prefix_mut};
 use crate::arena::Arena;

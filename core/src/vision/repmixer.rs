@@ -2,7 +2,7 @@
 //! RepMixer is one depthwise conv with bias: its own residual and layer scale were folded
 //! into the kernel when the model was reparameterized. The block runs in place.
 
-use glimpse_quant::layout::{VisionConfig, VisionStage};
+use glimpse_quant::schema::{VisionConfig, VisionStage};
 
 use super::convffn::{ConvFfn, FfnInput};
 use super::{Shape, Work, block_prefix, find, kept, kernel_size};

@@ -6,7 +6,7 @@
 //! the depthwise conv that consumes them, each computed once, and every stem.1 output
 //! row goes through stem.2 straight away.
 
-use glimpse_quant::layout::VisionConfig;
+use glimpse_quant::schema::VisionConfig;
 
 use super::{
     Shape, Work, find, kept, kernel_size, linear_tiled, matrix, prefix, prefix_mut,

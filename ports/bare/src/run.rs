@@ -18,7 +18,7 @@ use glimpse_core::decoder::KvFormat;
 use glimpse_core::planner::ArenaPlan;
 use glimpse_core::session::{ImageInput, Prompt, Session, SessionOptions};
 use glimpse_hal::{MonotonicClock, Sequential, TokenSink};
-use glimpse_quant::layout::ChatTemplate;
+use glimpse_quant::schema::ChatTemplate;
 
 use crate::error::Error;
 use crate::request::Request;

@@ -184,7 +184,7 @@ pub fn write_image_to(builder: ImageBuilder, file: File) -> Result<u64, WriteErr
 mod tests {
     use super::*;
     use glimpse_quant::DType;
-    use glimpse_quant::layout::{ModelConfig, ModelFamily, QuantRecipe};
+    use glimpse_quant::schema::{ModelConfig, ModelFamily, QuantRecipe};
 
     fn builder() -> ImageBuilder {
         let config = ModelConfig {

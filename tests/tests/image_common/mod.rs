@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use glimpse_quant::DType;
-use glimpse_quant::layout::{
+use glimpse_quant::schema::{
     ChatTemplate, DecoderArch, DecoderConfig, ModelConfig, ModelFamily, PreTokenizer,
     ProjectorConfig, QuantRecipe, TokenMixer, TokenizerConfig, TokenizerModel, VisionConfig,
     VisionStage,

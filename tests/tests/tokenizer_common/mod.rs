@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use glimpse_core::Model;
 use glimpse_core::tokenizer::{Specials, Tokenizer};
-use glimpse_quant::layout::{DType, ModelConfig, ModelFamily, QuantRecipe};
+use glimpse_quant::layout::DType;
+use glimpse_quant::schema::{ModelConfig, ModelFamily, QuantRecipe};
 use glimpse_quant::writer::ImageBuilder;
 use glimpse_tests::{AlignedBytes, cache_dir, fixtures_dir};
 use glimpse_tools::convert::tokenizer::TokenizerData;

@@ -6,7 +6,7 @@
 //! checkpoint fuses, is always folded into its depthwise conv.
 
 use anyhow::{Result, bail};
-use glimpse_quant::layout::{TokenMixer, VisionConfig, VisionStage};
+use glimpse_quant::schema::{TokenMixer, VisionConfig, VisionStage};
 
 use super::hf_config::VisionSpec;
 use super::hf_store::Store;

@@ -13,7 +13,7 @@ use std::path::Path;
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use glimpse_quant::DType;
 use glimpse_quant::gguf::{GgmlType, dequantize};
-use glimpse_quant::layout::{
+use glimpse_quant::schema::{
     DecoderArch, DecoderConfig, MAX_EOS, ModelConfig, ModelFamily, QuantRecipe,
 };
 

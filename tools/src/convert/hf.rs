@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use glimpse_quant::DType;
-use glimpse_quant::layout::{ModelConfig, ModelFamily, ProjectorConfig, QuantRecipe};
+use glimpse_quant::schema::{ModelConfig, ModelFamily, ProjectorConfig, QuantRecipe};
 use serde_json::Value;
 
 use super::fastvithd::{self, Naming};

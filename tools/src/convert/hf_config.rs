@@ -2,7 +2,7 @@
 //! FastViTHD structure (timm `fastvit_mci3` arguments) a config implies.
 
 use anyhow::{Result, anyhow, bail};
-use glimpse_quant::layout::{MAX_STAGES, TokenMixer};
+use glimpse_quant::schema::{MAX_STAGES, TokenMixer};
 use serde_json::Value;
 
 /// A JSON object with a path for error messages (`config.json:text_config`).

@@ -2,7 +2,7 @@
 //! config, shape checks, canonical tensors and the tied-embedding decision.
 
 use anyhow::{Result, anyhow, bail};
-use glimpse_quant::layout::{DecoderArch, DecoderConfig, MAX_EOS};
+use glimpse_quant::schema::{DecoderArch, DecoderConfig, MAX_EOS};
 
 use super::hf_config::Obj;
 use super::hf_store::Store;

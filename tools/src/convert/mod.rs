@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use glimpse_quant::DType;
-use glimpse_quant::layout::{ChatTemplate, ModelConfig, TensorLayout};
+use glimpse_quant::layout::TensorLayout;
+use glimpse_quant::schema::{ChatTemplate, ModelConfig};
 use glimpse_quant::writer::ImageBuilder;
 use indicatif::{ProgressBar, ProgressStyle};
 

@@ -32,14 +32,14 @@
 //! decoder.layers.{i}.mlp.{gate,up,down}.weight
 //! decoder.norm.weight
 //! decoder.lm_head.weight [V,D]           only when the embeddings are not tied
-//! tokenizer.*                            tables, see glimpse_quant::layout::TokenizerConfig
+//! tokenizer.*                            tables, see glimpse_quant::schema::TokenizerConfig
 //! ```
 //!
 //! Depthwise/grouped kernels are stored HWC (channels innermost) because the core keeps
 //! activations NHWC and vectorises those convs over channels.
 
 use glimpse_quant::DType;
-use glimpse_quant::layout::ModelConfig;
+use glimpse_quant::schema::ModelConfig;
 
 /// How a tensor is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! Tokenizer extraction: HF `tokenizer.json` and GGUF `tokenizer.ggml.*` metadata turned
 //! into the `tokenizer.*` lookup tables and [`TokenizerConfig`] an image carries.
 //!
-//! Tables (see `glimpse_quant::layout::TokenizerConfig`) hold raw bytes, not the GPT-2
+//! Tables (see `glimpse_quant::schema::TokenizerConfig`) hold raw bytes, not the GPT-2
 //! "byte-to-unicode" strings byte-level BPE vocabularies are written in, so the device
 //! never needs that mapping.
 //!
@@ -16,7 +16,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use glimpse_quant::DType;
-use glimpse_quant::layout::{ChatTemplate, PreTokenizer, TokenizerConfig, TokenizerModel};
+use glimpse_quant::schema::{ChatTemplate, PreTokenizer, TokenizerConfig, TokenizerModel};
 use serde_json::Value as Json;
 
 use super::gguf::Metadata;

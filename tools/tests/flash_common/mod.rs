@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use glimpse_quant::DType;
-use glimpse_quant::layout::{ModelConfig, ModelFamily, QuantRecipe};
+use glimpse_quant::schema::{ModelConfig, ModelFamily, QuantRecipe};
 use glimpse_quant::writer::ImageBuilder;
 use glimpse_tools::flash::FlashArgs;
 
