@@ -7,11 +7,9 @@ use glimpse_quant::schema::ProjectorConfig;
 use crate::arena::{ALIGN, Arena, padded};
 use crate::error::Error;
 use crate::image::Model;
-use glimpse_hal::Executor;
 
-use crate::kernels::math::gelu_inplace_with;
-use crate::kernels::par::with_default_executor;
-use crate::kernels::{Vector, Weights};
+use crate::kernels::math::gelu_inplace;
+use crate::kernels::{Ctx, Vector, Weights, with_default_ctx};
 use crate::vision::{linear_tiled, matrix, tiled_scratch_bytes, vector};
 
 /// The projector of a weights image.
@@ -78,13 +76,13 @@ impl<'a> Projector<'a> {
         arena: &mut Arena<'_>,
         out: &mut [f32],
     ) -> Result<(), Error> {
-        with_default_executor(|exec| self.forward_on(exec, features, tokens, arena, out))
+        with_default_ctx(|ctx| self.forward_on(ctx, features, tokens, arena, out))
     }
 
-    /// [`Projector::forward`] with its work split across `exec`'s tasks.
+    /// [`Projector::forward`] with its work split across `ctx`'s tasks.
     pub fn forward_on(
         &self,
-        exec: &mut dyn Executor,
+        ctx: &mut Ctx<'_>,
         features: &[f32],
         tokens: usize,
         arena: &mut Arena<'_>,
@@ -109,9 +107,9 @@ impl<'a> Projector<'a> {
             let lin = a.bytes(
                 tiled_scratch_bytes(&self.fc1, tokens).max(tiled_scratch_bytes(&self.fc2, tokens)),
             )?;
-            linear_tiled(exec, &self.fc1, Some(&self.fc1_b), features, hidden, lin)?;
-            gelu_inplace_with(exec, hidden);
-            linear_tiled(exec, &self.fc2, Some(&self.fc2_b), hidden, out, lin)
+            linear_tiled(ctx, &self.fc1, Some(&self.fc1_b), features, hidden, lin)?;
+            gelu_inplace(ctx, hidden);
+            linear_tiled(ctx, &self.fc2, Some(&self.fc2_b), hidden, out, lin)
         })
     }
 }

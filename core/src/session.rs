@@ -45,6 +45,7 @@ use crate::chat::{IM_END, IMAGE_PLACEHOLDER, Turn, render, render_follow_up};
 use crate::decoder::{DEFAULT_CHUNK, Decoder, DecoderState, Input, KvFormat, Logits};
 use crate::error::Error;
 use crate::image::Model;
+use crate::kernels::Ctx;
 use crate::kernels::linear::Q8Activations;
 use crate::kernels::par::with_default_executor;
 use crate::planner::{ArenaPlan, Buf, DEFAULT_CONTEXT, DEFAULT_MAX_FRAME_SIDE, PlanOptions};
@@ -546,14 +547,15 @@ impl<'a, 'w, C: MonotonicClock, X: Runner> Session<'a, 'w, C, X> {
         let mut runner = self.exec.take().ok_or(Error::Config {
             what: "the session's executor is in use",
         })?;
-        let r = runner.with(|exec| self.call_on(exec, prompt, picture, out, generate));
+        let r =
+            runner.with(|exec| self.call_on(&mut Ctx::new(exec), prompt, picture, out, generate));
         self.exec = Some(runner);
         r
     }
 
     fn call_on<S: TokenSink>(
         &mut self,
-        exec: &mut dyn Executor,
+        ctx: &mut Ctx<'_>,
         prompt: Prompt<'_>,
         picture: Option<ImageInput<'_>>,
         out: Option<LogitsOut<'_>>,
@@ -583,7 +585,7 @@ impl<'a, 'w, C: MonotonicClock, X: Runner> Session<'a, 'w, C, X> {
         };
         let splice = self.start_turn(prompt, picture.as_ref(), check_out)?;
         let tokenize_us = self.clock.now_us().saturating_sub(t0);
-        let result = self.work(exec, t0, picture, splice, out, generate);
+        let result = self.work(ctx, t0, picture, splice, out, generate);
         if result.is_err() {
             self.settle();
         }
@@ -966,7 +968,7 @@ impl<'a, 'w, C: MonotonicClock, X: Runner> Session<'a, 'w, C, X> {
     /// decoder. Inputs are checked and the conversation updated by the caller.
     fn work<S: TokenSink>(
         &mut self,
-        exec: &mut dyn Executor,
+        ctx: &mut Ctx<'_>,
         t0: u64,
         image: Option<ImageInput<'_>>,
         splice: Option<Splice>,
@@ -975,15 +977,15 @@ impl<'a, 'w, C: MonotonicClock, X: Runner> Session<'a, 'w, C, X> {
     ) -> Result<Report, Error> {
         let mut timings = Timings::default();
         if let Some(input) = image {
-            self.encode_image(exec, input, &mut timings)?;
+            self.encode_image(ctx, input, &mut timings)?;
         }
-        self.decode(exec, t0, splice, out, generate, timings)
+        self.decode(ctx, t0, splice, out, generate, timings)
     }
 
     /// Preprocess, encode and project one picture into the embeddings buffer.
     fn encode_image(
         &mut self,
-        exec: &mut dyn Executor,
+        ctx: &mut Ctx<'_>,
         input: ImageInput<'_>,
         timings: &mut Timings,
     ) -> Result<(), Error> {
@@ -1023,7 +1025,7 @@ impl<'a, 'w, C: MonotonicClock, X: Runner> Session<'a, 'w, C, X> {
         let shape = {
             let [px, first, work] =
                 plan.regions(self.arena, [Buf::Pixels, Buf::VisionFirst, Buf::StemWork])?;
-            enc.stem(exec, f32s(px)?, res, f32s(first)?, &mut Arena::new(work))?
+            enc.stem(ctx, f32s(px)?, res, f32s(first)?, &mut Arena::new(work))?
         };
         let (shape, last) = {
             let [first, second, work] = plan.regions(
@@ -1031,7 +1033,7 @@ impl<'a, 'w, C: MonotonicClock, X: Runner> Session<'a, 'w, C, X> {
                 [Buf::VisionFirst, Buf::VisionSecond, Buf::StagesWork],
             )?;
             enc.stages(
-                exec,
+                ctx,
                 f32s(first)?,
                 f32s(second)?,
                 shape,
@@ -1052,13 +1054,7 @@ impl<'a, 'w, C: MonotonicClock, X: Runner> Session<'a, 'w, C, X> {
             };
             let [x, work, features] =
                 plan.regions(self.arena, [src, Buf::HeadWork, Buf::Features])?;
-            enc.head(
-                exec,
-                f32s(x)?,
-                shape,
-                &mut Arena::new(work),
-                f32s(features)?,
-            )?;
+            enc.head(ctx, f32s(x)?, shape, &mut Arena::new(work), f32s(features)?)?;
         }
         let t2 = clock.now_us();
         timings.encoder_us = t2.saturating_sub(t1);
@@ -1069,7 +1065,7 @@ impl<'a, 'w, C: MonotonicClock, X: Runner> Session<'a, 'w, C, X> {
                 [Buf::Features, Buf::ProjectorWork, Buf::Embeddings],
             )?;
             proj.forward_on(
-                exec,
+                ctx,
                 f32s(features)?,
                 vp.tokens,
                 &mut Arena::new(work),
@@ -1085,7 +1081,7 @@ impl<'a, 'w, C: MonotonicClock, X: Runner> Session<'a, 'w, C, X> {
     /// counts in step with the cache as it goes.
     fn decode<S: TokenSink>(
         &mut self,
-        exec: &mut dyn Executor,
+        ctx: &mut Ctx<'_>,
         t0: u64,
         splice: Option<Splice>,
         out: Option<LogitsOut<'_>>,
@@ -1128,7 +1124,7 @@ impl<'a, 'w, C: MonotonicClock, X: Runner> Session<'a, 'w, C, X> {
         state.resume_at(reused)?;
         let feed = ids.get(conv.fed..conv.ids).unwrap_or_default();
         let mut out = out;
-        prefill(exec, &mut state, feed, splice, emb, image_tokens, &mut out)?;
+        prefill(ctx, &mut state, feed, splice, emb, image_tokens, &mut out)?;
         conv.fed = conv.ids;
         conv.positions = state.pos();
         if let Some(LogitsOut::Last(o)) = &mut out {
@@ -1194,7 +1190,7 @@ impl<'a, 'w, C: MonotonicClock, X: Runner> Session<'a, 'w, C, X> {
                 report.stopped = stop;
                 break;
             }
-            state.forward_on(&mut *exec, Input::Ids(&[id]), Logits::Last)?;
+            state.forward_on(ctx, Input::Ids(&[id]), Logits::Last)?;
             conv.fed = conv.ids;
             conv.positions = state.pos();
             report.decode_steps += 1;
@@ -1227,7 +1223,7 @@ impl Collect<'_> {
 /// (`image_tokens x hidden`), producing the logits `out` asks for (or the last position's
 /// into the state).
 fn prefill(
-    exec: &mut dyn Executor,
+    ctx: &mut Ctx<'_>,
     state: &mut DecoderState<'_, '_>,
     ids: &[u32],
     splice: Option<Splice>,
@@ -1289,7 +1285,7 @@ fn prefill(
             _ if end == ids.len() => Logits::Last,
             _ => Logits::None,
         };
-        state.forward_on(&mut *exec, input, logits)?;
+        state.forward_on(ctx, input, logits)?;
         pos += n;
         i = end;
     }

@@ -14,3 +14,9 @@ pub(crate) fn values(n: usize, seed: u64) -> Vec<f32> {
         })
         .collect()
 }
+
+/// Run `f` with a context of every active feature on one task (the reference split).
+pub(crate) fn one_task<R>(f: impl FnOnce(&mut crate::kernels::Ctx<'_>) -> R) -> R {
+    let mut seq = glimpse_hal::Sequential;
+    f(&mut crate::kernels::Ctx::new(&mut seq))
+}

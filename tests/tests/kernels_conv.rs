@@ -3,7 +3,11 @@
 //! f32 kernels read in place and f16 kernels decoded per task, and the dense planar conv,
 //! on 1, 2, 3 and 7 threads. The contract is bit-identical output.
 
-use glimpse_core::kernels::conv::{Dense, Grouped, Params, dense_conv_planar_on, grouped_conv_on};
+use glimpse_core::kernels::Ctx;
+use glimpse_core::kernels::Vector;
+use glimpse_core::kernels::conv::{
+    ConvParams, Dense, Grouped, InputRows, dense_conv_planar, grouped_conv,
+};
 use glimpse_core::kernels::cpu::Cpu;
 use glimpse_hal::{Executor, Sequential};
 use glimpse_host::ThreadPool;
@@ -71,13 +75,15 @@ fn grouped_convs_agree_across_kernels_and_threads() {
             .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
             .collect();
         let params = [
-            (Params::from_f32(&wt), Params::from_f32(&b)),
+            (Vector::from_f32(&wt), Vector::from_f32(&b)),
             (
-                Params::new(DType::F16, &wt16).unwrap(),
-                Params::new(DType::F16, &b16).unwrap(),
+                Vector::from_bytes(DType::F16, &wt16).unwrap(),
+                Vector::from_bytes(DType::F16, &b16).unwrap(),
             ),
         ];
-        for (pw, pb) in params {
+        for (weight, bias) in params {
+            let pw = weight;
+            let params = ConvParams { weight, bias };
             // Rows 1.. of the output from a window starting at the first input row they
             // need, as the row-tiled callers do.
             let rows = 1..oh;
@@ -85,14 +91,17 @@ fn grouped_convs_agree_across_kernels_and_threads() {
             let input = &x[in0 * w * c..];
             let mut want = vec![0f32; rows.len() * ow * co];
             let mut scratch = vec![0f32; g.scratch_floats()];
-            grouped_conv_on(
-                Cpu::SCALAR,
-                &mut Sequential,
+            let input = InputRows {
+                data: input,
+                first_row: in0,
+            };
+            let mut seq = Sequential;
+            let mut reference = Ctx::new(&mut seq).with_cpu(Cpu::SCALAR);
+            grouped_conv(
+                &mut reference,
                 &g,
+                params,
                 input,
-                in0,
-                pw,
-                pb,
                 rows.clone(),
                 &mut want,
                 &mut scratch,
@@ -103,14 +112,12 @@ fn grouped_convs_agree_across_kernels_and_threads() {
                     // Room for 8 tasks' decoded taps, so f16 kernels split too.
                     let mut scratch = vec![0f32; 8 * g.scratch_floats()];
                     let mut got = vec![f32::NAN; want.len()];
-                    grouped_conv_on(
-                        cpu,
-                        e.as_mut(),
+                    let mut ctx = Ctx::new(e.as_mut()).with_cpu(cpu);
+                    grouped_conv(
+                        &mut ctx,
                         &g,
+                        params,
                         input,
-                        in0,
-                        pw,
-                        pb,
                         rows.clone(),
                         &mut got,
                         &mut scratch,
@@ -143,16 +150,19 @@ fn dense_conv_agrees_across_kernels_and_threads() {
     let x = values(3 * 17 * 15, 4);
     let w = values(40 * 9 * 3, 5);
     let b = values(40, 6);
-    let (pw, pb) = (Params::from_f32(&w), Params::from_f32(&b));
+    let params = ConvParams {
+        weight: Vector::from_f32(&w),
+        bias: Vector::from_f32(&b),
+    };
     let mut scratch = vec![0f32; g.scratch_floats()];
     let mut want = vec![0f32; oh * ow * 40];
-    dense_conv_planar_on(
-        Cpu::SCALAR,
-        &mut Sequential,
+    let mut seq = Sequential;
+    let mut reference = Ctx::new(&mut seq).with_cpu(Cpu::SCALAR);
+    dense_conv_planar(
+        &mut reference,
         &g,
+        params,
         &x,
-        pw,
-        pb,
         0..oh,
         &mut want,
         &mut scratch,
@@ -163,9 +173,9 @@ fn dense_conv_agrees_across_kernels_and_threads() {
         for e in execs.iter_mut() {
             // One row at a time, as the stem calls it.
             let mut got = vec![f32::NAN; want.len()];
+            let mut ctx = Ctx::new(e.as_mut()).with_cpu(cpu);
             for (r, o) in got.chunks_exact_mut(ow * 40).enumerate() {
-                dense_conv_planar_on(cpu, e.as_mut(), &g, &x, pw, pb, r..r + 1, o, &mut scratch)
-                    .unwrap();
+                dense_conv_planar(&mut ctx, &g, params, &x, r..r + 1, o, &mut scratch).unwrap();
             }
             assert_eq!(bits(&got), bits(&want), "{cpu:?} {} tasks", e.parallelism());
         }

@@ -1,11 +1,13 @@
 //! Installing a thread pool as the core's default executor (what `glimpse bench
-//! --threads` does) changes no result of the entry points without an executor argument:
+//! --threads` does) changes no result of the kernels run through `with_default_ctx`:
 //! linear, grouped and dense convs, vision attention and GELU give the same bits before
-//! and after. Its own test
-//! binary, because the default executor is process-wide.
+//! and after. Its own test binary, because the default executor is process-wide.
 
-use glimpse_core::kernels::conv::{Dense, Grouped, Params, dense_conv_planar, grouped_conv};
-use glimpse_core::kernels::linear::{Weights, linear_scratch_bytes, linear_vec, row_bytes};
+use glimpse_core::kernels::conv::{
+    ConvParams, Dense, Grouped, InputRows, dense_conv_planar, grouped_conv,
+};
+use glimpse_core::kernels::linear::{Weights, linear, linear_scratch_bytes, row_bytes};
+use glimpse_core::kernels::{Vector, with_default_ctx};
 use glimpse_quant::DType;
 use glimpse_quant::blocks::quantize_row;
 
@@ -37,7 +39,7 @@ fn run_all() -> Vec<u32> {
             let x = values(n * cols, 2);
             let mut y = vec![0f32; n * rows];
             let mut s = vec![0u8; linear_scratch_bytes(&wm, n)];
-            linear_vec(&wm, None, &x, n, &mut y, &mut s).unwrap();
+            with_default_ctx(|c| linear(c, &wm, None, &x, n, &mut y, &mut s)).unwrap();
             out.extend(y.iter().map(|v| v.to_bits()));
         }
     }
@@ -54,17 +56,12 @@ fn run_all() -> Vec<u32> {
     let b = values(64, 5);
     let mut y = vec![0f32; 30 * 20 * 64];
     let mut s = vec![0f32; g.scratch_floats()];
-    grouped_conv(
-        &g,
-        &x,
-        0,
-        Params::from_f32(&w),
-        Params::from_f32(&b),
-        0..30,
-        &mut y,
-        &mut s,
-    )
-    .unwrap();
+    let params = ConvParams {
+        weight: Vector::from_f32(&w),
+        bias: Vector::from_f32(&b),
+    };
+    let input = InputRows::whole(&x);
+    with_default_ctx(|c| grouped_conv(c, &g, params, input, 0..30, &mut y, &mut s)).unwrap();
     out.extend(y.iter().map(|v| v.to_bits()));
     let d = Dense {
         height: 32,
@@ -79,16 +76,11 @@ fn run_all() -> Vec<u32> {
     let b = values(48, 8);
     let mut y = vec![0f32; 16 * 16 * 48];
     let mut s = vec![0f32; d.scratch_floats()];
-    dense_conv_planar(
-        &d,
-        &x,
-        Params::from_f32(&w),
-        Params::from_f32(&b),
-        0..16,
-        &mut y,
-        &mut s,
-    )
-    .unwrap();
+    let params = ConvParams {
+        weight: Vector::from_f32(&w),
+        bias: Vector::from_f32(&b),
+    };
+    with_default_ctx(|c| dense_conv_planar(c, &d, params, &x, 0..16, &mut y, &mut s)).unwrap();
     out.extend(y.iter().map(|v| v.to_bits()));
     // Attention split by (head, query block): FastViTHD's head width and another, token
     // counts with a partial query block, scratch for three tasks (and for one: the pool
@@ -103,12 +95,12 @@ fn run_all() -> Vec<u32> {
         let qkv = values(tokens * 3 * l.dim(), 10);
         let mut y = vec![0f32; tokens * l.dim()];
         let mut s = vec![0f32; copies * l.scratch_floats()];
-        self_attention(&l, &qkv, 0.125, &mut y, &mut s).unwrap();
+        with_default_ctx(|c| self_attention(c, &l, &qkv, 0.125, &mut y, &mut s)).unwrap();
         out.extend(y.iter().map(|v| v.to_bits()));
     }
     // GELU over a buffer long enough to be split (a ConvFFN hidden tile's size).
     let mut h = values(384 * 4096 + 13, 9);
-    glimpse_core::kernels::math::gelu_inplace(&mut h);
+    with_default_ctx(|c| glimpse_core::kernels::math::gelu_inplace(c, &mut h));
     out.extend(h.iter().map(|v| v.to_bits()));
     out
 }

@@ -4,11 +4,9 @@
 //! not a multiple of the packed groups), adversarial codes, and 1, 2, 3 and 7 threads.
 //! The contract is bit-identical output, so every comparison is on the bits.
 
-use glimpse_core::kernels::Vector;
 use glimpse_core::kernels::cpu::{Cpu, F32Kernel, Q8Kernel};
-use glimpse_core::kernels::linear::{
-    Weights, linear_scratch_bytes, linear_vec, linear_vec_on, row_bytes,
-};
+use glimpse_core::kernels::linear::{Weights, linear, linear_scratch_bytes, row_bytes};
+use glimpse_core::kernels::{Ctx, Vector, with_default_ctx};
 use glimpse_hal::{Executor, Sequential};
 use glimpse_host::ThreadPool;
 use glimpse_quant::DType;
@@ -80,7 +78,16 @@ fn run_on(
 ) -> Vec<f32> {
     let mut y = vec![f32::NAN; n * w.rows];
     let mut scratch = vec![0u8; linear_scratch_bytes(w, n)];
-    linear_vec_on(cpu, exec, w, bias, x, n, &mut y, &mut scratch).unwrap();
+    linear(
+        &mut Ctx::new(exec).with_cpu(cpu),
+        w,
+        bias,
+        x,
+        n,
+        &mut y,
+        &mut scratch,
+    )
+    .unwrap();
     y
 }
 
@@ -262,9 +269,8 @@ fn threads_do_not_change_a_bit() {
             // The reference: scalar kernel, one task, through the public entry point.
             let mut want = vec![0f32; n * rows];
             let mut scratch = vec![0u8; linear_scratch_bytes(&wm, n)];
-            glimpse_core::kernels::linear::linear_vec_on(
-                Cpu::SCALAR,
-                &mut Sequential,
+            linear(
+                &mut Ctx::new(&mut Sequential).with_cpu(Cpu::SCALAR),
                 &wm,
                 Some(&bias),
                 &x,
@@ -297,11 +303,11 @@ fn the_default_entry_point_uses_the_active_kernels() {
     let x = values(cols * 20, 2, 1.0);
     let mut y = vec![0f32; 20 * rows];
     let mut s = vec![0u8; linear_scratch_bytes(&wm, 20)];
-    linear_vec(&wm, None, &x, 20, &mut y, &mut s).unwrap();
+    with_default_ctx(|c| linear(c, &wm, None, &x, 20, &mut y, &mut s)).unwrap();
     assert_bits(
         &y,
         &run_on(active, &mut Sequential, &wm, None, &x, 20),
-        "linear_vec",
+        "linear",
     );
     // On an x86_64 host with AVX2 the fast kernels must actually be chosen.
     #[cfg(target_arch = "x86_64")]
@@ -426,7 +432,7 @@ fn four_row_groups_give_the_plain_rows_bits_on_every_kernel_and_thread_count() {
 
 #[test]
 fn causal_attention_split_over_threads_changes_no_bit() {
-    use glimpse_core::decoder::attention::{Heads, causal, causal_with};
+    use glimpse_core::decoder::attention::{Heads, KeysValues, causal};
     let g = Heads {
         heads: 6,
         kv_heads: 2,
@@ -444,19 +450,31 @@ fn causal_attention_split_over_threads_changes_no_bit() {
         let mut scores = vec![0f32; ctx];
         let mut want = vec![0f32; m * g.q_dim()];
         let mut want16 = vec![0f32; m * g.q_dim()];
-        causal(g, &q, &k, &v, p0, &mut scores, &mut want).unwrap();
-        causal(g, &q, &k16, &v16, p0, &mut scores, &mut want16).unwrap();
+        let (kv, kv16) = (
+            KeysValues {
+                k: &k[..],
+                v: &v[..],
+                p0,
+            },
+            KeysValues {
+                k: &k16[..],
+                v: &v16[..],
+                p0,
+            },
+        );
+        let mut one = Sequential;
+        let mut seq = Ctx::new(&mut one);
+        causal(&mut seq, g, &q, kv, &mut scores, &mut [], &mut want).unwrap();
+        causal(&mut seq, g, &q, kv16, &mut scores, &mut [], &mut want16).unwrap();
         for pool in pools.iter_mut() {
             // Spare bytes for every extra task, misaligned by one byte on purpose.
             let mut spare = vec![0u8; 1 + 4 * ctx * pool.threads()];
             let mut got = vec![f32::NAN; m * g.q_dim()];
-            causal_with(
-                pool,
+            causal(
+                &mut Ctx::new(pool),
                 g,
                 &q,
-                &k,
-                &v,
-                p0,
+                kv,
                 &mut scores,
                 &mut spare[1..],
                 &mut got,
@@ -468,13 +486,11 @@ fn causal_attention_split_over_threads_changes_no_bit() {
                 &format!("f32 KV p0={p0} m={m} {}t", pool.threads()),
             );
             let mut got = vec![f32::NAN; m * g.q_dim()];
-            causal_with(
-                pool,
+            causal(
+                &mut Ctx::new(pool),
                 g,
                 &q,
-                &k16,
-                &v16,
-                p0,
+                kv16,
                 &mut scores,
                 &mut spare[1..],
                 &mut got,
@@ -491,7 +507,7 @@ fn causal_attention_split_over_threads_changes_no_bit() {
 
 #[test]
 fn several_products_in_one_pass_equal_separate_calls() {
-    use glimpse_core::kernels::linear::{Product, linear_vec_many_on};
+    use glimpse_core::kernels::linear::{Product, linear_many};
     use glimpse_quant::layout::TensorLayout;
     let cpus = cpu_variants();
     let mut pools = pools(&[2, 3, 7]);
@@ -542,9 +558,8 @@ fn several_products_in_one_pass_equal_separate_calls() {
             .map(|(w, b)| {
                 let mut y = vec![0f32; n * w.rows];
                 let mut s = vec![0u8; linear_scratch_bytes(w, n)];
-                linear_vec_on(
-                    Cpu::SCALAR,
-                    &mut Sequential,
+                linear(
+                    &mut Ctx::new(&mut Sequential).with_cpu(Cpu::SCALAR),
                     w,
                     b.as_ref(),
                     &x,
@@ -569,7 +584,14 @@ fn several_products_in_one_pass_equal_separate_calls() {
                     y,
                 })
                 .collect();
-            linear_vec_many_on(cpu, exec, &mut products, &x, n, &mut s).unwrap();
+            linear_many(
+                &mut Ctx::new(exec).with_cpu(cpu),
+                &mut products,
+                &x,
+                n,
+                &mut s,
+            )
+            .unwrap();
             for (j, (got, want)) in ys.iter().zip(&want).enumerate() {
                 assert_bits(got, want, &format!("product {j} n={n} {what}"));
             }

@@ -3,6 +3,7 @@
 //! self-attention likewise.
 
 use glimpse_core::kernels::math::{gelu, gelu_inplace};
+use glimpse_core::kernels::{Ctx, with_default_ctx};
 
 #[test]
 fn vectorised_gelu_is_the_scalar_gelu() {
@@ -24,7 +25,7 @@ fn vectorised_gelu_is_the_scalar_gelu() {
         -1e30,
     ]);
     let want: Vec<u32> = v.iter().map(|&x| gelu(x).to_bits()).collect();
-    gelu_inplace(&mut v);
+    with_default_ctx(|ctx| gelu_inplace(ctx, &mut v));
     for (k, (g, w)) in v.iter().zip(&want).enumerate() {
         let w = f32::from_bits(*w);
         assert!(
@@ -39,7 +40,7 @@ fn vectorised_gelu_is_the_scalar_gelu() {
 /// and 64-key blocks, and odd head widths.
 #[test]
 fn vectorised_attention_is_the_scalar_attention() {
-    use glimpse_core::kernels::attention::{PackedQkv, self_attention_on};
+    use glimpse_core::kernels::attention::{PackedQkv, self_attention};
     use glimpse_core::kernels::cpu::Cpu;
     let active = glimpse_host::cpu::install(None);
     let widths = [active, active.without(Cpu::AVX512F)];
@@ -54,10 +55,26 @@ fn vectorised_attention_is_the_scalar_attention() {
             .collect();
         let mut scratch = vec![0f32; l.scratch_floats()];
         let mut want = vec![0f32; tokens * l.dim()];
-        self_attention_on(Cpu::SCALAR, &l, &qkv, 0.3, &mut want, &mut scratch).unwrap();
+        self_attention(
+            &mut Ctx::new(&mut glimpse_hal::Sequential).with_cpu(Cpu::SCALAR),
+            &l,
+            &qkv,
+            0.3,
+            &mut want,
+            &mut scratch,
+        )
+        .unwrap();
         for cpu in widths {
             let mut got = vec![f32::NAN; tokens * l.dim()];
-            self_attention_on(cpu, &l, &qkv, 0.3, &mut got, &mut scratch).unwrap();
+            self_attention(
+                &mut Ctx::new(&mut glimpse_hal::Sequential).with_cpu(cpu),
+                &l,
+                &qkv,
+                0.3,
+                &mut got,
+                &mut scratch,
+            )
+            .unwrap();
             for (k, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert_eq!(
                     g.to_bits(),

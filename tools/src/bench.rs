@@ -18,8 +18,9 @@ use anyhow::{Context, Result, bail};
 use glimpse_core::Model;
 use glimpse_core::arena::Arena;
 use glimpse_core::decoder::{Decoder, DecoderState};
+use glimpse_core::kernels::Ctx;
 use glimpse_core::kernels::cpu::Cpu;
-use glimpse_core::kernels::linear::{Weights, linear_scratch_bytes, linear_vec_on};
+use glimpse_core::kernels::linear::{Weights, linear, linear_scratch_bytes};
 use glimpse_core::vision::{Tap, VisionEncoder};
 use glimpse_hal::Executor;
 use glimpse_host::{MappedImage, ThreadPool};
@@ -129,20 +130,12 @@ fn bench_dot(path: &std::path::Path) -> Result<DotBench> {
     let wm = Weights::new(DType::Q8_0, rows, cols, w)?;
     let mut y = vec![0f32; rows];
     let mut scratch = vec![0u8; linear_scratch_bytes(&wm, 1)];
-    let cpu = Cpu::active();
+    let mut seq = glimpse_hal::Sequential;
+    let mut ctx = Ctx::new(&mut seq);
     let mut times = Vec::with_capacity(reps);
     for _ in 0..=reps {
         let t0 = Instant::now();
-        linear_vec_on(
-            cpu,
-            &mut glimpse_hal::Sequential,
-            &wm,
-            None,
-            &x,
-            1,
-            &mut y,
-            &mut scratch,
-        )?;
+        linear(&mut ctx, &wm, None, &x, 1, &mut y, &mut scratch)?;
         times.push(t0.elapsed().as_secs_f64());
     }
     times.remove(0);
@@ -150,7 +143,7 @@ fn bench_dot(path: &std::path::Path) -> Result<DotBench> {
     Ok(DotBench {
         rows,
         cols,
-        kernel: cpu.q8_kernel().name().to_string(),
+        kernel: ctx.usable().q8_kernel().name().to_string(),
         best_s: times.first().copied().unwrap_or(0.0),
         median_s: times.get(times.len() / 2).copied().unwrap_or(0.0),
         y,
@@ -578,10 +571,11 @@ fn bench_kernels(exec: &mut dyn Executor) -> Result<Vec<KernelBench>> {
         for &c in &cpus {
             let macs = (rows * cols * n) as f64;
             let iters = ((2e9 / macs) as usize).clamp(1, 2000);
-            linear_vec_on(c, exec, &w, None, &x, n, &mut y, &mut scratch)?;
+            let mut ctx = Ctx::new(&mut *exec).with_cpu(c);
+            linear(&mut ctx, &w, None, &x, n, &mut y, &mut scratch)?;
             let t0 = Instant::now();
             for _ in 0..iters {
-                linear_vec_on(c, exec, &w, None, &x, n, &mut y, &mut scratch)?;
+                linear(&mut ctx, &w, None, &x, n, &mut y, &mut scratch)?;
             }
             let s = t0.elapsed().as_secs_f64() / iters as f64;
             out.push(KernelBench {

@@ -6,13 +6,11 @@
 
 use half::f16;
 
-use glimpse_hal::{Executor, Sequential};
-
 use crate::error::Error;
-use crate::kernels::f16_to_f32;
 use crate::kernels::linear::dot_f32;
 use crate::kernels::math::{axpy, softmax};
 use crate::kernels::par::{SharedMut, task_count};
+use crate::kernels::{Ctx, f16_to_f32};
 
 /// A number format the KV cache stores: what attention needs from a cached row.
 pub trait KvElem: Copy {
@@ -88,40 +86,37 @@ impl Heads {
     }
 }
 
-/// Attention of `m = q.len() / q_dim` queries at positions `p0..p0 + m` over
-/// keys/values of positions `0..p0 + m` (query `i` sees positions `0..=p0 + i`).
-///
-/// `q` and `out` are `m × q_dim`, `k` and `v` are `(p0 + m) × kv_dim` (already rotated),
-/// `scores` holds at least `p0 + m` values.
-pub fn causal<T: KvElem + Sync>(
-    g: Heads,
-    q: &[f32],
-    k: &[T],
-    v: &[T],
-    p0: usize,
-    scores: &mut [f32],
-    out: &mut [f32],
-) -> Result<(), Error> {
-    causal_with(&mut Sequential, g, q, k, v, p0, scores, &mut [], out)
+/// The keys and values attention reads: positions `0..p0 + m` for `m` queries at
+/// `p0..p0 + m`, `(p0 + m) × kv_dim` each, already rotated.
+#[derive(Clone, Copy, Debug)]
+pub struct KeysValues<'a, T> {
+    /// Keys.
+    pub k: &'a [T],
+    /// Values.
+    pub v: &'a [T],
+    /// Position of the first query.
+    pub p0: usize,
 }
 
-/// [`causal`] with the queries dealt out to `exec`'s tasks (query `i` to task `i mod
-/// tasks`, so the growing rows are shared evenly): task 0 uses `scores`, each further
-/// task a score row carved from `spare` (bytes idle meanwhile, such as the linear
-/// scratch), as many tasks as `spare` holds rows for. Every query is computed alone,
-/// so the bits do not depend on the split.
-#[allow(clippy::too_many_arguments)]
-pub fn causal_with<T: KvElem + Sync>(
-    exec: &mut dyn Executor,
+/// Attention of `m = q.len() / q_dim` queries at positions `kv.p0..kv.p0 + m` over
+/// keys/values of positions `0..kv.p0 + m` (query `i` sees positions `0..=p0 + i`).
+///
+/// `q` and `out` are `m × q_dim`, `scores` holds at least `p0 + m` values. The queries are
+/// dealt out to `ctx`'s tasks (query `i` to task `i mod tasks`, so the growing rows are
+/// shared evenly): task 0 uses `scores`, each further task a score row carved from
+/// `spare` (bytes idle meanwhile, such as the linear scratch), as many tasks as `spare`
+/// holds rows for. Every query is computed alone, so the bits do not depend on the split.
+pub fn causal<T: KvElem + Sync>(
+    ctx: &mut Ctx<'_>,
     g: Heads,
     q: &[f32],
-    k: &[T],
-    v: &[T],
-    p0: usize,
+    kv: KeysValues<'_, T>,
     scores: &mut [f32],
     spare: &mut [u8],
     out: &mut [f32],
 ) -> Result<(), Error> {
+    let exec = &mut *ctx.exec;
+    let KeysValues { k, v, p0 } = kv;
     let (qd, kvd, hd) = (g.q_dim(), g.kv_dim(), g.head_dim);
     if g.kv_heads == 0 || !g.heads.is_multiple_of(g.kv_heads) || hd == 0 {
         return Err(Error::Config {
@@ -195,7 +190,7 @@ pub fn causal_with<T: KvElem + Sync>(
     Ok(())
 }
 
-/// What every query of one [`causal_with`] call reads.
+/// What every query of one [`causal`] call reads.
 struct Causal<'a, T> {
     g: Heads,
     q: &'a [f32],
@@ -247,6 +242,7 @@ impl<T: KvElem> Causal<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::one_task;
     use std::vec;
     use std::vec::Vec;
 
@@ -292,7 +288,22 @@ mod tests {
 
         // All nine queries at once.
         let mut all = vec![0f32; ctx * g.q_dim()];
-        causal(g, &q, &k, &v, 0, &mut scores, &mut all).unwrap();
+        one_task(|c| {
+            causal(
+                c,
+                g,
+                &q,
+                KeysValues {
+                    k: &k,
+                    v: &v,
+                    p0: 0,
+                },
+                &mut scores,
+                &mut [],
+                &mut all,
+            )
+        })
+        .unwrap();
         for i in 0..ctx {
             let want = reference(g, &q[i * g.q_dim()..], &k, &v, i + 1);
             for (a, b) in all[i * g.q_dim()..(i + 1) * g.q_dim()].iter().zip(&want) {
@@ -307,15 +318,21 @@ mod tests {
             let qd = g.q_dim();
             let kvd = g.kv_dim();
             let mut one = vec![0f32; qd];
-            causal(
-                g,
-                &q[i * qd..(i + 1) * qd],
-                &k[..(i + 1) * kvd],
-                &v[..(i + 1) * kvd],
-                i,
-                &mut scores,
-                &mut one,
-            )
+            one_task(|c| {
+                causal(
+                    c,
+                    g,
+                    &q[i * qd..(i + 1) * qd],
+                    KeysValues {
+                        k: &k[..(i + 1) * kvd],
+                        v: &v[..(i + 1) * kvd],
+                        p0: i,
+                    },
+                    &mut scores,
+                    &mut [],
+                    &mut one,
+                )
+            })
             .unwrap();
             assert_eq!(&one[..], &all[i * qd..(i + 1) * qd]);
         }
@@ -331,15 +348,75 @@ mod tests {
         let z = vec![0f32; 64];
         let mut o = vec![0f32; 12];
         let mut s = vec![0f32; 4];
-        assert!(causal(g, &z[..12], &z[..8], &z[..8], 0, &mut s, &mut o).is_err());
+        assert!(
+            one_task(|c| causal(
+                c,
+                g,
+                &z[..12],
+                KeysValues {
+                    k: &z[..8],
+                    v: &z[..8],
+                    p0: 0
+                },
+                &mut s,
+                &mut [],
+                &mut o
+            ))
+            .is_err()
+        );
         let g = Heads {
             heads: 2,
             kv_heads: 1,
             head_dim: 4,
         };
-        assert!(causal(g, &z[..8], &z[..4], &z[..4], 0, &mut s, &mut o[..8]).is_ok());
-        assert!(causal(g, &z[..8], &z[..4], &z[..5], 0, &mut s, &mut o[..8]).is_err());
-        assert!(causal(g, &z[..8], &z[..20], &z[..20], 4, &mut s, &mut o[..8]).is_err());
+        assert!(
+            one_task(|c| causal(
+                c,
+                g,
+                &z[..8],
+                KeysValues {
+                    k: &z[..4],
+                    v: &z[..4],
+                    p0: 0
+                },
+                &mut s,
+                &mut [],
+                &mut o[..8]
+            ))
+            .is_ok()
+        );
+        assert!(
+            one_task(|c| causal(
+                c,
+                g,
+                &z[..8],
+                KeysValues {
+                    k: &z[..4],
+                    v: &z[..5],
+                    p0: 0
+                },
+                &mut s,
+                &mut [],
+                &mut o[..8]
+            ))
+            .is_err()
+        );
+        assert!(
+            one_task(|c| causal(
+                c,
+                g,
+                &z[..8],
+                KeysValues {
+                    k: &z[..20],
+                    v: &z[..20],
+                    p0: 4
+                },
+                &mut s,
+                &mut [],
+                &mut o[..8]
+            ))
+            .is_err()
+        );
     }
 
     #[test]
@@ -363,8 +440,38 @@ mod tests {
         let v32: Vec<f32> = v16.iter().map(|x| x.to_f32()).collect();
         let mut scores = vec![0f32; ctx];
         let (mut a, mut b) = (vec![0f32; ctx * g.q_dim()], vec![0f32; ctx * g.q_dim()]);
-        causal(g, &q, &k32, &v32, 0, &mut scores, &mut a).unwrap();
-        causal(g, &q, &k16, &v16, 0, &mut scores, &mut b).unwrap();
+        one_task(|c| {
+            causal(
+                c,
+                g,
+                &q,
+                KeysValues {
+                    k: &k32,
+                    v: &v32,
+                    p0: 0,
+                },
+                &mut scores,
+                &mut [],
+                &mut a,
+            )
+        })
+        .unwrap();
+        one_task(|c| {
+            causal(
+                c,
+                g,
+                &q,
+                KeysValues {
+                    k: &k16,
+                    v: &v16,
+                    p0: 0,
+                },
+                &mut scores,
+                &mut [],
+                &mut b,
+            )
+        })
+        .unwrap();
         // Identical inputs; only the order of the 20-term dot products may differ (the
         // f16 loop sums in eight lanes), a few f32 ulps on O(1) outputs.
         for (x, y) in a.iter().zip(&b) {

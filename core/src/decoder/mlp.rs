@@ -2,10 +2,9 @@
 //! (fastvlm.md §4.2).
 
 use crate::error::Error;
-use glimpse_hal::Executor;
 
-use crate::kernels::cpu::Cpu;
-use crate::kernels::linear::{Product, Weights, linear_vec_many_on, linear_vec_with};
+use crate::kernels::Ctx;
+use crate::kernels::linear::{Product, Weights, linear, linear_many};
 use crate::kernels::math::silu_mul;
 
 /// The three projections of one layer's MLP.
@@ -35,7 +34,7 @@ impl Mlp<'_> {
     /// `out[m×hidden] = down(silu(gate(x)) ⊙ up(x))` for `m` rows of `x`.
     pub fn forward(
         &self,
-        exec: &mut dyn Executor,
+        ctx: &mut Ctx<'_>,
         x: &[f32],
         m: usize,
         work: MlpWork<'_>,
@@ -53,9 +52,8 @@ impl Mlp<'_> {
             expected: m * inter,
             got: 0,
         })?;
-        linear_vec_many_on(
-            Cpu::active(),
-            exec,
+        linear_many(
+            ctx,
             &mut [
                 Product {
                     w: &self.gate,
@@ -72,8 +70,8 @@ impl Mlp<'_> {
             m,
             scratch,
         )?;
-        silu_mul(gate, up)?;
-        linear_vec_with(exec, &self.down, None, gate, m, out, scratch)
+        silu_mul(ctx, gate, up)?;
+        linear(ctx, &self.down, None, gate, m, out, scratch)
     }
 }
 
@@ -112,7 +110,7 @@ mod tests {
         );
         let mut scratch = vec![0u8; 1024];
         mlp.forward(
-            &mut glimpse_hal::Sequential,
+            &mut Ctx::new(&mut glimpse_hal::Sequential),
             &x,
             m,
             MlpWork {

@@ -18,22 +18,18 @@ pub mod mlp;
 
 use core::fmt::Write as _;
 
-use glimpse_hal::Executor;
 use glimpse_quant::DType;
 use glimpse_quant::schema::DecoderConfig;
 
 use crate::arena::{Arena, bound, padded};
 use crate::error::{Dims, Error, TensorName, tensor_name};
 use crate::image::{Model, TensorView};
-use crate::kernels::Vector;
-use crate::kernels::cpu::Cpu;
-use crate::kernels::linear::{
-    Product, Q8Activations, Weights, linear_scratch_bytes, linear_vec_many_on, linear_vec_with,
-};
+use crate::kernels::linear::{Product, Q8Activations, Weights, linear_many, linear_scratch_bytes};
 use crate::kernels::math::{add, rmsnorm, rope_cos_sin, rope_rotate_half};
-use crate::kernels::par::with_default_executor;
+use crate::kernels::{Ctx, Vector, linear, with_default_ctx};
 
 pub use attention::Heads;
+use attention::KeysValues;
 pub use kv_cache::{KvCache, KvFormat, KvView};
 pub use mlp::{Mlp, MlpWork};
 
@@ -645,14 +641,14 @@ impl<'a, 'w> DecoderState<'a, 'w> {
     /// default executor. Every check (ids, lengths, context) happens before the cache or
     /// the position changes.
     pub fn forward(&mut self, input: Input, logits: Logits) -> Result<(), Error> {
-        with_default_executor(|exec| self.forward_on(exec, input, logits))
+        with_default_ctx(|ctx| self.forward_on(ctx, input, logits))
     }
 
-    /// [`DecoderState::forward`] with the work split across `exec`'s tasks (the same
+    /// [`DecoderState::forward`] with the work split across `ctx`'s tasks (the same
     /// bits for any executor).
     pub fn forward_on(
         &mut self,
-        exec: &mut dyn Executor,
+        ctx: &mut Ctx<'_>,
         input: Input,
         mut logits: Logits,
     ) -> Result<(), Error> {
@@ -717,7 +713,7 @@ impl<'a, 'w> DecoderState<'a, 'w> {
                         .unwrap_or_default(),
                 ),
             };
-            self.run_chunk(exec, chunk_in, self.pos + start, m, chunk_out)?;
+            self.run_chunk(ctx, chunk_in, self.pos + start, m, chunk_out)?;
             start += m;
         }
         self.pos += n;
@@ -727,7 +723,7 @@ impl<'a, 'w> DecoderState<'a, 'w> {
     /// `m` positions starting at `p0`: embed, run every layer, produce logits.
     fn run_chunk(
         &mut self,
-        exec: &mut dyn Executor,
+        ctx: &mut Ctx<'_>,
         input: Input,
         p0: usize,
         m: usize,
@@ -769,7 +765,7 @@ impl<'a, 'w> DecoderState<'a, 'w> {
 
         for l in 0..s.layers {
             let layer = self.dec.layer(l)?;
-            self.run_layer(exec, l, &layer, p0, m)?;
+            self.run_layer(ctx, l, &layer, p0, m)?;
         }
 
         let eps = self.dec.config.norm_eps;
@@ -781,12 +777,12 @@ impl<'a, 'w> DecoderState<'a, 'w> {
                 let last = x.get((m - 1) * d..).unwrap_or_default();
                 let xn = self.xn.get_mut(..d).unwrap_or_default();
                 rmsnorm(xn, last, &self.dec.norm, eps)?;
-                linear_vec_with(exec, &lm, None, xn, 1, self.logits, self.scratch)
+                linear(ctx, &lm, None, xn, 1, self.logits, self.scratch)
             }
             Logits::All(out) => {
                 let xn = self.xn.get_mut(..m * d).unwrap_or_default();
                 rmsnorm(xn, x, &self.dec.norm, eps)?;
-                linear_vec_with(exec, &lm, None, xn, m, out, self.scratch)
+                linear(ctx, &lm, None, xn, m, out, self.scratch)
             }
         }
     }
@@ -794,7 +790,7 @@ impl<'a, 'w> DecoderState<'a, 'w> {
     /// One pre-norm layer over the chunk: `x += attn(norm(x))`, `x += mlp(norm(x))`.
     fn run_layer(
         &mut self,
-        exec: &mut dyn Executor,
+        ctx: &mut Ctx<'_>,
         l: usize,
         layer: &Layer,
         p0: usize,
@@ -829,9 +825,8 @@ impl<'a, 'w> DecoderState<'a, 'w> {
             let v = self.new_v.get_mut(..m * g.kv_dim()).unwrap_or_default();
             // q, k and v read the same normalized rows: one pass (one quantization of
             // them, one wait for the executor's tasks).
-            linear_vec_many_on(
-                Cpu::active(),
-                exec,
+            linear_many(
+                ctx,
                 &mut [
                     Product {
                         w: &layer.q,
@@ -868,21 +863,33 @@ impl<'a, 'w> DecoderState<'a, 'w> {
         match self.kv.prefix(l, p0 + m)? {
             // The linear scratch is idle until the output projection: it lends the
             // extra tasks their score rows.
-            KvView::F32 { k, v } => {
-                attention::causal_with(exec, g, q, k, v, p0, self.scores, scratch, att)?
-            }
-            KvView::F16 { k, v } => {
-                attention::causal_with(exec, g, q, k, v, p0, self.scores, scratch, att)?
-            }
+            KvView::F32 { k, v } => attention::causal(
+                ctx,
+                g,
+                q,
+                KeysValues { k, v, p0 },
+                self.scores,
+                scratch,
+                att,
+            )?,
+            KvView::F16 { k, v } => attention::causal(
+                ctx,
+                g,
+                q,
+                KeysValues { k, v, p0 },
+                self.scores,
+                scratch,
+                att,
+            )?,
         }
-        linear_vec_with(exec, &layer.o, None, att, m, xn, scratch)?;
+        linear(ctx, &layer.o, None, att, m, xn, scratch)?;
         add(x, xn)?;
 
         // MLP; its output goes to the attention buffer, free again and sized for it.
         rmsnorm(xn, x, &layer.mlp_norm, eps)?;
         let out = self.att.get_mut(..m * d).unwrap_or_default();
         layer.mlp.forward(
-            exec,
+            ctx,
             xn,
             m,
             MlpWork {

@@ -7,12 +7,11 @@
 
 use core::ops::Range;
 
-use glimpse_hal::{Executor, Sequential};
-
 use crate::error::Error;
-use crate::kernels::cpu::{Cpu, F32Kernel};
+use crate::kernels::Ctx;
+use crate::kernels::cpu::F32Kernel;
 use crate::kernels::math::same_len;
-use crate::kernels::par::{SharedMut, piece, task_count, with_default_executor};
+use crate::kernels::par::{SharedMut, piece, task_count};
 
 /// Queries processed together: they share one transposed key block (so the larger, the
 /// fewer transposes; each query's arithmetic does not depend on it).
@@ -58,47 +57,19 @@ fn exp_nonpositive(x: f32) -> f32 {
 ///
 /// `out` is `tokens x C` with channel `head * head_dim + d` (heads concatenated, as the
 /// output projection expects); `scratch` holds at least `l.scratch_floats()` f32s, and
-/// each further whole `l.scratch_floats()` lets one more task of the default executor
-/// take a share of the (head, query block) pairs. The scale is applied to the queries
-/// before the dot products, as timm and Apple do. Every split gives the same bits.
+/// each further whole `l.scratch_floats()` lets one more of `ctx`'s tasks take a share of
+/// the (head, query block) pairs. The scale is applied to the queries before the dot
+/// products, as timm and Apple do. The loops have no reductions across lanes, so every
+/// vector width and every split gives the same bits.
 pub fn self_attention(
+    ctx: &mut Ctx<'_>,
     l: &PackedQkv,
     qkv: &[f32],
     scale: f32,
     out: &mut [f32],
     scratch: &mut [f32],
 ) -> Result<(), Error> {
-    with_default_executor(|exec| {
-        self_attention_with(exec, Cpu::active(), l, qkv, scale, out, scratch)
-    })
-}
-
-/// [`self_attention`] on one task, compiled for the widest vectors `cpu` allows
-/// (intersected with what is active). The loops have no reductions across lanes, so
-/// every width gives the same bits; this exists to test that.
-pub fn self_attention_on(
-    cpu: Cpu,
-    l: &PackedQkv,
-    qkv: &[f32],
-    scale: f32,
-    out: &mut [f32],
-    scratch: &mut [f32],
-) -> Result<(), Error> {
-    self_attention_with(&mut Sequential, cpu, l, qkv, scale, out, scratch)
-}
-
-/// [`self_attention_on`] with the (head, query block) pairs split across `exec`'s tasks,
-/// as many as `scratch` holds copies of `l.scratch_floats()` for.
-#[allow(clippy::too_many_arguments)]
-pub fn self_attention_with(
-    exec: &mut dyn Executor,
-    cpu: Cpu,
-    l: &PackedQkv,
-    qkv: &[f32],
-    scale: f32,
-    out: &mut [f32],
-    scratch: &mut [f32],
-) -> Result<(), Error> {
+    let (cpu, exec) = (ctx.cpu, &mut *ctx.exec);
     let (n, hd, c) = (l.tokens, l.head_dim, l.dim());
     if n == 0 || hd == 0 || l.heads == 0 {
         return Err(Error::EmptyInput);
@@ -364,6 +335,7 @@ fn weighted_sum_fixed<'r, const HD: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::one_task;
     use crate::test_util::values;
     use std::vec;
     use std::vec::Vec;
@@ -473,7 +445,7 @@ mod tests {
             let want = reference(&l, &qkv, scale);
             let mut got = vec![f32::NAN; n * l.dim()];
             let mut scratch = vec![0f32; l.scratch_floats()];
-            self_attention(&l, &qkv, scale, &mut got, &mut scratch).unwrap();
+            one_task(|c| self_attention(c, &l, &qkv, scale, &mut got, &mut scratch)).unwrap();
             let err = got
                 .iter()
                 .zip(&want)
@@ -511,10 +483,16 @@ mod tests {
         let qkv = vec![0f32; 36];
         let mut out = vec![0f32; 12];
         let mut scratch = vec![0f32; l.scratch_floats()];
-        assert!(self_attention(&l, &qkv[1..], 1.0, &mut out, &mut scratch).is_err());
-        assert!(self_attention(&l, &qkv, 1.0, &mut out[1..], &mut scratch).is_err());
-        assert!(self_attention(&l, &qkv, 1.0, &mut out, &mut scratch[1..]).is_err());
-        self_attention(&l, &qkv, 1.0, &mut out, &mut scratch).unwrap();
+        assert!(
+            one_task(|c| self_attention(c, &l, &qkv[1..], 1.0, &mut out, &mut scratch)).is_err()
+        );
+        assert!(
+            one_task(|c| self_attention(c, &l, &qkv, 1.0, &mut out[1..], &mut scratch)).is_err()
+        );
+        assert!(
+            one_task(|c| self_attention(c, &l, &qkv, 1.0, &mut out, &mut scratch[1..])).is_err()
+        );
+        one_task(|c| self_attention(c, &l, &qkv, 1.0, &mut out, &mut scratch)).unwrap();
         // All-equal scores: a plain average of the (zero) values.
         assert!(out.iter().all(|&x| x == 0.0));
     }

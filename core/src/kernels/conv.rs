@@ -14,107 +14,14 @@
 
 use core::ops::Range;
 
-use glimpse_quant::DType;
-
-use glimpse_hal::Executor;
-
-use crate::error::{Error, tensor_name};
-use crate::image::TensorView;
-use crate::kernels::Vector;
-use crate::kernels::cpu::{Cpu, F32Kernel};
-use crate::kernels::par::{SharedMut, piece, task_count, with_default_executor};
+use crate::error::Error;
+use crate::kernels::cpu::F32Kernel;
+use crate::kernels::par::{SharedMut, piece, task_count};
+use crate::kernels::{Ctx, Vector};
 
 /// Output channels a grouped conv handles per pass: its kernel taps for these channels
 /// (up to `7 x 7 x 64` f32, 12.5 KiB) stay in L1 while it sweeps the rows.
 pub const CHANNEL_CHUNK: usize = 64;
-
-/// A conv kernel or bias in a kept (unquantized) format: f32, f16 or bf16, any shape,
-/// read as a flat run of values.
-#[derive(Clone, Copy, Debug)]
-pub struct Params<'a> {
-    dtype: DType,
-    data: &'a [u8],
-}
-
-fn elem_bytes(dtype: DType) -> Option<usize> {
-    match dtype {
-        DType::F32 => Some(4),
-        DType::F16 | DType::BF16 => Some(2),
-        _ => None,
-    }
-}
-
-impl<'a> Params<'a> {
-    /// View a kept tensor of any shape.
-    pub fn from_view(v: &TensorView<'a>) -> Result<Self, Error> {
-        Self::new(v.dtype, v.data).map_err(|_| Error::DType {
-            tensor: tensor_name(v.name),
-            dtype: v.dtype,
-        })
-    }
-
-    /// View little-endian `dtype` values (F32, F16 or BF16).
-    pub fn new(dtype: DType, data: &'a [u8]) -> Result<Self, Error> {
-        let size = elem_bytes(dtype).ok_or(Error::DType {
-            tensor: tensor_name("(conv parameter)"),
-            dtype,
-        })?;
-        if !data.len().is_multiple_of(size) {
-            return Err(Error::Length {
-                what: "conv parameter payload",
-                expected: data.len() / size * size,
-                got: data.len(),
-            });
-        }
-        Ok(Params { dtype, data })
-    }
-
-    /// A view of plain f32s (tests, precomputed parameters).
-    pub fn from_f32(v: &'a [f32]) -> Self {
-        Params {
-            dtype: DType::F32,
-            data: bytemuck::cast_slice(v),
-        }
-    }
-
-    /// Storage format.
-    pub fn dtype(&self) -> DType {
-        self.dtype
-    }
-
-    /// Number of values.
-    pub fn len(&self) -> usize {
-        self.data.len() / elem_bytes(self.dtype).unwrap_or(1)
-    }
-
-    /// Whether it holds no value.
-    pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
-    }
-
-    /// The values as f32s in place, when they are stored as aligned little-endian f32.
-    pub fn as_f32(&self) -> Option<&'a [f32]> {
-        if self.dtype != DType::F32 || cfg!(target_endian = "big") {
-            return None;
-        }
-        bytemuck::try_cast_slice(self.data).ok()
-    }
-
-    /// Decode values `start .. start + out.len()` into `out`.
-    pub fn load(&self, start: usize, out: &mut [f32]) -> Result<(), Error> {
-        let size = elem_bytes(self.dtype).unwrap_or(1);
-        let bytes = start
-            .checked_add(out.len())
-            .and_then(|end| self.data.get(start * size..end.checked_mul(size)?))
-            .ok_or(Error::Length {
-                what: "conv parameter range",
-                expected: start.saturating_add(out.len()),
-                got: self.len(),
-            })?;
-        Vector::new(self.dtype, out.len(), bytes)?.zip_apply(out, |_, w| w);
-        Ok(())
-    }
-}
 
 fn check_len(what: &'static str, expected: usize, got: usize) -> Result<(), Error> {
     if expected == got {
@@ -253,79 +160,57 @@ fn mac_grouped(acc: &mut [f32], x: &[f32], w: &[f32], mult: usize) {
     }
 }
 
-/// Output rows `rows` of a grouped conv (see [`Grouped`]), plus bias.
+/// A conv's kernel and bias, in a kept format (f32, f16 or bf16).
+#[derive(Clone, Copy, Debug)]
+pub struct ConvParams<'a> {
+    /// The kernel (`[kernel, kernel, out_channels]` for a grouped conv, OHWI for a dense
+    /// one).
+    pub weight: Vector<'a>,
+    /// One value per output channel.
+    pub bias: Vector<'a>,
+}
+
+/// A window of whole NHWC input rows: `data` holds rows `first_row ..` of the image.
+#[derive(Clone, Copy, Debug)]
+pub struct InputRows<'a> {
+    /// The rows, each `width x channels` values.
+    pub data: &'a [f32],
+    /// The image row `data` starts at.
+    pub first_row: usize,
+}
+
+impl<'a> InputRows<'a> {
+    /// The whole image.
+    pub fn whole(data: &'a [f32]) -> Self {
+        InputRows { data, first_row: 0 }
+    }
+}
+
+/// Output rows `rows` of a grouped conv (see [`Grouped`]), plus bias, split across `ctx`'s
+/// tasks with the kernels `ctx.cpu` allows (every choice gives the same bits).
 ///
-/// - `input` holds whole NHWC rows `in_row0 ..` of the `height x width x channels`
-///   input; it must contain every row `g.input_rows(rows)` names.
-/// - `weight` is `[kernel, kernel, out_channels]`, `bias` is `[out_channels]`.
+/// - `input` must contain every row `g.input_rows(rows)` names.
 /// - `out` receives `rows.len() x out_width x out_channels`, NHWC.
 /// - `scratch` holds at least `g.scratch_floats()` f32s (decoded taps of one chunk).
-///
-/// Runs on the default executor ([`with_default_executor`]).
-#[allow(clippy::too_many_arguments)]
+///   Each task needs its own decoded taps unless the kernel and bias are f32 (then they
+///   are read in place): with f16/bf16 parameters, `scratch` must hold `tasks ×
+///   g.scratch_floats()` f32s for `tasks` tasks to run at once, and fewer tasks run if it
+///   holds less.
 pub fn grouped_conv(
+    ctx: &mut Ctx<'_>,
     g: &Grouped,
-    input: &[f32],
-    in_row0: usize,
-    weight: Params<'_>,
-    bias: Params<'_>,
+    params: ConvParams<'_>,
+    input: InputRows<'_>,
     rows: Range<usize>,
     out: &mut [f32],
     scratch: &mut [f32],
 ) -> Result<(), Error> {
-    with_default_executor(|exec| {
-        grouped_conv_with(exec, g, input, in_row0, weight, bias, rows, out, scratch)
-    })
-}
-
-/// [`grouped_conv`] with its output rows split across `exec`'s tasks; the result is the
-/// same to the bit for any executor.
-#[allow(clippy::too_many_arguments)]
-pub fn grouped_conv_with(
-    exec: &mut dyn Executor,
-    g: &Grouped,
-    input: &[f32],
-    in_row0: usize,
-    weight: Params<'_>,
-    bias: Params<'_>,
-    rows: Range<usize>,
-    out: &mut [f32],
-    scratch: &mut [f32],
-) -> Result<(), Error> {
-    grouped_conv_on(
-        Cpu::active(),
-        exec,
-        g,
-        input,
-        in_row0,
-        weight,
-        bias,
-        rows,
-        out,
-        scratch,
-    )
-}
-
-/// [`grouped_conv_with`] restricted to the kernels `cpu` allows (intersected with what
-/// is active). All of them give the same result to the bit.
-///
-/// Each task needs its own decoded taps unless the kernel and bias are f32 (then they are
-/// read in place): with f16/bf16 parameters, `scratch` must hold `tasks ×
-/// g.scratch_floats()` f32s for `tasks` tasks to run at once, and fewer tasks run if it
-/// holds less.
-#[allow(clippy::too_many_arguments)]
-pub fn grouped_conv_on(
-    cpu: Cpu,
-    exec: &mut dyn Executor,
-    g: &Grouped,
-    input: &[f32],
-    in_row0: usize,
-    weight: Params<'_>,
-    bias: Params<'_>,
-    rows: Range<usize>,
-    out: &mut [f32],
-    scratch: &mut [f32],
-) -> Result<(), Error> {
+    let (cpu, exec) = (ctx.cpu, &mut *ctx.exec);
+    let ConvParams { weight, bias } = params;
+    let InputRows {
+        data: input,
+        first_row: in_row0,
+    } = input;
     g.validate()?;
     let (k, co) = (g.kernel, g.out_channels());
     let (ow, oh) = (g.out_width(), g.out_height());
@@ -426,13 +311,13 @@ pub fn grouped_conv_on(
     Ok(())
 }
 
-/// Everything a task of [`grouped_conv_with`] reads.
+/// Everything a task of [`grouped_conv`] reads.
 struct GroupedJob<'a> {
     g: Grouped,
     input: &'a [f32],
     window_start: usize,
-    weight: Params<'a>,
-    bias: Params<'a>,
+    weight: Vector<'a>,
+    bias: Vector<'a>,
     /// The kernel and bias as f32 slices, when they can be read in place.
     f32_params: (Option<&'a [f32]>, Option<&'a [f32]>),
     kind: F32Kernel,
@@ -595,17 +480,15 @@ impl GroupedJob<'_> {
                         }
                         let done = acc16.len() * 16;
                         let acc = acc.get_mut(done..).unwrap_or_default();
-                        self.taps_grouped(
-                            acc,
-                            ci0 + done,
-                            done,
-                            wsrc,
-                            wstride,
+                        let win = TapWindow {
+                            taps: wsrc,
+                            stride: wstride,
                             iy0,
+                            kys: kys.clone(),
                             ix0,
-                            &kys,
-                            &kxs,
-                        );
+                            kxs: kxs.clone(),
+                        };
+                        self.taps_grouped(acc, ci0 + done, done, &win);
                         continue;
                     }
                     for ky in kys.clone() {
@@ -650,6 +533,18 @@ struct DwBlock<'w> {
     /// Input row of tap row 0, and the tap rows inside the image.
     iy0: isize,
     kys: Range<usize>,
+}
+
+/// The taps one output pixel reads: a chunk's decoded taps (tap `t`'s weights at
+/// `t·stride`), the input row and column of tap (0, 0), and the tap rows and columns
+/// that land inside the image.
+struct TapWindow<'w> {
+    taps: &'w [f32],
+    stride: usize,
+    iy0: isize,
+    kys: Range<usize>,
+    ix0: isize,
+    kxs: Range<usize>,
 }
 
 impl GroupedJob<'_> {
@@ -712,37 +607,31 @@ impl GroupedJob<'_> {
                 };
                 acc.copy_from_slice(b.bias.get(done..b.nci).unwrap_or_default());
                 let ix0 = ox as isize - pad as isize;
-                self.taps_grouped(
-                    acc,
-                    b.ci0 + done,
-                    done,
-                    b.taps,
-                    b.stride,
-                    b.iy0,
+                let win = TapWindow {
+                    taps: b.taps,
+                    stride: b.stride,
+                    iy0: b.iy0,
+                    kys: b.kys.clone(),
                     ix0,
-                    &b.kys,
-                    &kxs,
-                );
+                    kxs: kxs.clone(),
+                };
+                self.taps_grouped(acc, b.ci0 + done, done, &win);
             }
         }
     }
 
     /// Depthwise taps for the channels past the last whole 16 of a chunk: `acc` holds
     /// channels `c0 ..` (offset `w0` into each tap's weights).
-    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    fn taps_grouped(
-        &self,
-        acc: &mut [f32],
-        c0: usize,
-        w0: usize,
-        wsrc: &[f32],
-        wstride: usize,
-        iy0: isize,
-        ix0: isize,
-        kys: &Range<usize>,
-        kxs: &Range<usize>,
-    ) {
+    fn taps_grouped(&self, acc: &mut [f32], c0: usize, w0: usize, win: &TapWindow<'_>) {
+        let TapWindow {
+            taps: wsrc,
+            stride: wstride,
+            iy0,
+            ref kys,
+            ix0,
+            ref kxs,
+        } = *win;
         let g = &self.g;
         let (k, c) = (g.kernel, g.channels);
         let row_len = g.width * c;
@@ -804,50 +693,24 @@ impl Dense {
     }
 }
 
-/// Output rows `rows` of a full conv, plus bias, from a planar (CHW) input, as NHWC.
+/// Output rows `rows` of a full conv, plus bias, from a planar (CHW) input, as NHWC, with
+/// the kernels `ctx.cpu` allows and the output pixels split across `ctx`'s tasks (every
+/// choice gives the same bits).
 ///
-/// `input` is the whole `in_channels x height x width` image, `weight` is OHWI
-/// `[out, kernel, kernel, in]`, `bias` is `[out]`, `out` receives
-/// `rows.len() x out_width x out_channels`, and `scratch` holds `g.scratch_floats()`.
-#[allow(clippy::too_many_arguments)]
+/// `input` is the whole `in_channels x height x width` image, the weight is OHWI
+/// `[out, kernel, kernel, in]`, `out` receives `rows.len() x out_width x out_channels`,
+/// and `scratch` holds `g.scratch_floats()`.
 pub fn dense_conv_planar(
+    ctx: &mut Ctx<'_>,
     g: &Dense,
+    params: ConvParams<'_>,
     input: &[f32],
-    weight: Params<'_>,
-    bias: Params<'_>,
     rows: Range<usize>,
     out: &mut [f32],
     scratch: &mut [f32],
 ) -> Result<(), Error> {
-    with_default_executor(|exec| {
-        dense_conv_planar_on(
-            Cpu::active(),
-            exec,
-            g,
-            input,
-            weight,
-            bias,
-            rows,
-            out,
-            scratch,
-        )
-    })
-}
-
-/// [`dense_conv_planar`] with the kernels `cpu` allows (intersected with what is active)
-/// and its output pixels split across `exec`'s tasks. Every choice gives the same bits.
-#[allow(clippy::too_many_arguments)]
-pub fn dense_conv_planar_on(
-    cpu: Cpu,
-    exec: &mut dyn Executor,
-    g: &Dense,
-    input: &[f32],
-    weight: Params<'_>,
-    bias: Params<'_>,
-    rows: Range<usize>,
-    out: &mut [f32],
-    scratch: &mut [f32],
-) -> Result<(), Error> {
+    let (cpu, exec) = (ctx.cpu, &mut *ctx.exec);
+    let ConvParams { weight, bias } = params;
     let (k, s, ci, co) = (g.kernel, g.stride, g.in_channels, g.out_channels);
     if k.is_multiple_of(2)
         || s == 0
@@ -990,7 +853,9 @@ impl DenseJob<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::one_task;
     use crate::test_util::values;
+    use glimpse_quant::DType;
     use std::vec;
     use std::vec::Vec;
 
@@ -1027,16 +892,20 @@ mod tests {
     fn grouped_f32(g: &Grouped, x: &[f32], w: &[f32], b: &[f32]) -> Vec<f32> {
         let mut out = vec![0f32; g.out_height() * g.out_width() * g.out_channels()];
         let mut scratch = vec![0f32; g.scratch_floats()];
-        grouped_conv(
-            g,
-            x,
-            0,
-            Params::from_f32(w),
-            Params::from_f32(b),
-            0..g.out_height(),
-            &mut out,
-            &mut scratch,
-        )
+        one_task(|c| {
+            grouped_conv(
+                c,
+                g,
+                ConvParams {
+                    weight: Vector::from_f32(w),
+                    bias: Vector::from_f32(b),
+                },
+                InputRows::whole(x),
+                0..g.out_height(),
+                &mut out,
+                &mut scratch,
+            )
+        })
         .unwrap();
         out
     }
@@ -1154,42 +1023,63 @@ mod tests {
             let need = g.input_rows(oy..oy + 1);
             let window = &x[need.start * 5 * 9..need.end * 5 * 9];
             let mut got = vec![0f32; row];
-            grouped_conv(
-                &g,
-                window,
-                need.start,
-                Params::from_f32(&wt),
-                Params::from_f32(&b),
-                oy..oy + 1,
-                &mut got,
-                &mut scratch,
-            )
+            one_task(|c| {
+                grouped_conv(
+                    c,
+                    &g,
+                    ConvParams {
+                        weight: Vector::from_f32(&wt),
+                        bias: Vector::from_f32(&b),
+                    },
+                    InputRows {
+                        data: window,
+                        first_row: need.start,
+                    },
+                    oy..oy + 1,
+                    &mut got,
+                    &mut scratch,
+                )
+            })
             .unwrap();
             assert!(max_err(&got, &want[oy * row..(oy + 1) * row]) < 1e-5);
         }
         // A window that misses a needed row is refused, not read out of bounds.
         let mut got = vec![0f32; row];
-        let r = grouped_conv(
-            &g,
-            &x[5 * 9..],
-            1,
-            Params::from_f32(&wt),
-            Params::from_f32(&b),
-            2..3,
-            &mut got,
-            &mut scratch,
-        );
+        let r = one_task(|c| {
+            grouped_conv(
+                c,
+                &g,
+                ConvParams {
+                    weight: Vector::from_f32(&wt),
+                    bias: Vector::from_f32(&b),
+                },
+                InputRows {
+                    data: &x[5 * 9..],
+                    first_row: 1,
+                },
+                2..3,
+                &mut got,
+                &mut scratch,
+            )
+        });
         assert!(r.is_ok());
-        let r = grouped_conv(
-            &g,
-            &x[5 * 5 * 9..],
-            5,
-            Params::from_f32(&wt),
-            Params::from_f32(&b),
-            2..3,
-            &mut got,
-            &mut scratch,
-        );
+        let r = one_task(|c| {
+            grouped_conv(
+                c,
+                &g,
+                ConvParams {
+                    weight: Vector::from_f32(&wt),
+                    bias: Vector::from_f32(&b),
+                },
+                InputRows {
+                    data: &x[5 * 5 * 9..],
+                    first_row: 5,
+                },
+                2..3,
+                &mut got,
+                &mut scratch,
+            )
+        });
         assert!(matches!(r, Err(Error::Length { .. })), "{r:?}");
     }
 
@@ -1217,30 +1107,38 @@ mod tests {
         let mut a = vec![0f32; 6 * 6 * 12];
         let mut bb = a.clone();
         let mut scratch = vec![0f32; g.scratch_floats()];
-        grouped_conv(
-            &g,
-            &x,
-            0,
-            Params::from_f32(&wt),
-            Params::from_f32(&b),
-            0..6,
-            &mut a,
-            &mut scratch,
-        )
+        one_task(|c| {
+            grouped_conv(
+                c,
+                &g,
+                ConvParams {
+                    weight: Vector::from_f32(&wt),
+                    bias: Vector::from_f32(&b),
+                },
+                InputRows::whole(&x),
+                0..6,
+                &mut a,
+                &mut scratch,
+            )
+        })
         .unwrap();
-        grouped_conv(
-            &g,
-            &x,
-            0,
-            Params::new(DType::F16, &wt16).unwrap(),
-            Params::from_f32(&b),
-            0..6,
-            &mut bb,
-            &mut scratch,
-        )
+        one_task(|c| {
+            grouped_conv(
+                c,
+                &g,
+                ConvParams {
+                    weight: Vector::from_bytes(DType::F16, &wt16).unwrap(),
+                    bias: Vector::from_f32(&b),
+                },
+                InputRows::whole(&x),
+                0..6,
+                &mut bb,
+                &mut scratch,
+            )
+        })
         .unwrap();
         assert_eq!(a, bb);
-        assert!(Params::new(DType::Q8_0, &[0; 34]).is_err());
+        assert!(Vector::from_bytes(DType::Q8_0, &[0; 34]).is_err());
     }
 
     #[test]
@@ -1258,19 +1156,113 @@ mod tests {
         let b = vec![0f32; 2];
         let mut out = vec![0f32; 32];
         let mut scratch = vec![0f32; g.scratch_floats()];
-        let p = Params::from_f32;
+        let p = Vector::from_f32;
         assert!(
-            grouped_conv(&g, &x, 0, p(&wt[..17]), p(&b), 0..4, &mut out, &mut scratch).is_err()
+            one_task(|c| grouped_conv(
+                c,
+                &g,
+                ConvParams {
+                    weight: p(&wt[..17]),
+                    bias: p(&b)
+                },
+                InputRows::whole(&x),
+                0..4,
+                &mut out,
+                &mut scratch
+            ))
+            .is_err()
         );
-        assert!(grouped_conv(&g, &x, 0, p(&wt), p(&b[..1]), 0..4, &mut out, &mut scratch).is_err());
         assert!(
-            grouped_conv(&g, &x[..31], 0, p(&wt), p(&b), 0..4, &mut out, &mut scratch).is_err()
+            one_task(|c| grouped_conv(
+                c,
+                &g,
+                ConvParams {
+                    weight: p(&wt),
+                    bias: p(&b[..1])
+                },
+                InputRows::whole(&x),
+                0..4,
+                &mut out,
+                &mut scratch
+            ))
+            .is_err()
         );
-        assert!(grouped_conv(&g, &x, 0, p(&wt), p(&b), 0..5, &mut out, &mut scratch).is_err());
-        assert!(grouped_conv(&g, &x, 0, p(&wt), p(&b), 0..4, &mut out[1..], &mut scratch).is_err());
-        assert!(grouped_conv(&g, &x, 0, p(&wt), p(&b), 0..4, &mut out, &mut scratch[1..]).is_err());
+        assert!(
+            one_task(|c| grouped_conv(
+                c,
+                &g,
+                ConvParams {
+                    weight: p(&wt),
+                    bias: p(&b)
+                },
+                InputRows::whole(&x[..31]),
+                0..4,
+                &mut out,
+                &mut scratch
+            ))
+            .is_err()
+        );
+        assert!(
+            one_task(|c| grouped_conv(
+                c,
+                &g,
+                ConvParams {
+                    weight: p(&wt),
+                    bias: p(&b)
+                },
+                InputRows::whole(&x),
+                0..5,
+                &mut out,
+                &mut scratch
+            ))
+            .is_err()
+        );
+        assert!(
+            one_task(|c| grouped_conv(
+                c,
+                &g,
+                ConvParams {
+                    weight: p(&wt),
+                    bias: p(&b)
+                },
+                InputRows::whole(&x),
+                0..4,
+                &mut out[1..],
+                &mut scratch
+            ))
+            .is_err()
+        );
+        assert!(
+            one_task(|c| grouped_conv(
+                c,
+                &g,
+                ConvParams {
+                    weight: p(&wt),
+                    bias: p(&b)
+                },
+                InputRows::whole(&x),
+                0..4,
+                &mut out,
+                &mut scratch[1..]
+            ))
+            .is_err()
+        );
         let even = Grouped { kernel: 2, ..g };
-        assert!(grouped_conv(&even, &x, 0, p(&wt), p(&b), 0..1, &mut out, &mut scratch).is_err());
+        assert!(
+            one_task(|c| grouped_conv(
+                c,
+                &even,
+                ConvParams {
+                    weight: p(&wt),
+                    bias: p(&b)
+                },
+                InputRows::whole(&x),
+                0..1,
+                &mut out,
+                &mut scratch
+            ))
+            .is_err()
+        );
     }
 
     #[test]
@@ -1318,9 +1310,37 @@ mod tests {
             let split = oh / 2;
             let mut got = vec![0f32; want.len()];
             let (top, bottom) = got.split_at_mut(split * ow * co);
-            let (wp, bp) = (Params::from_f32(&wt), Params::from_f32(&b));
-            dense_conv_planar(&g, &x, wp, bp, 0..split, top, &mut scratch).unwrap();
-            dense_conv_planar(&g, &x, wp, bp, split..oh, bottom, &mut scratch).unwrap();
+            let (wp, bp) = (Vector::from_f32(&wt), Vector::from_f32(&b));
+            one_task(|c| {
+                dense_conv_planar(
+                    c,
+                    &g,
+                    ConvParams {
+                        weight: wp,
+                        bias: bp,
+                    },
+                    &x,
+                    0..split,
+                    top,
+                    &mut scratch,
+                )
+            })
+            .unwrap();
+            one_task(|c| {
+                dense_conv_planar(
+                    c,
+                    &g,
+                    ConvParams {
+                        weight: wp,
+                        bias: bp,
+                    },
+                    &x,
+                    split..oh,
+                    bottom,
+                    &mut scratch,
+                )
+            })
+            .unwrap();
             assert!(max_err(&got, &want) < 1e-5, "{g:?}");
         }
     }

@@ -63,7 +63,7 @@ impl ActLayout {
 /// a piece of rows `r0..r1` (multiples of the group) owns exactly bytes `r0·cols ..
 /// r1·cols` of `codes` and scales `r0·nb .. r1·nb`, packed or not, so the pieces write
 /// disjoint memory and the bytes are those of one call.
-pub(crate) fn quantize_acts_with(
+pub(crate) fn quantize_acts(
     exec: &mut dyn Executor,
     kernel: Q8Kernel,
     x: &[f32],
@@ -81,7 +81,7 @@ pub(crate) fn quantize_acts_with(
         n.saturating_mul(cols).saturating_mul(4),
     );
     if tasks <= 1 || nb * QK != cols {
-        quantize_acts(kernel, x, cols, lay, codes, scales);
+        quantize_acts_rows(kernel, x, cols, lay, codes, scales);
         return;
     }
     let packed = lay.packed_rows();
@@ -101,7 +101,7 @@ pub(crate) fn quantize_acts_with(
         ) else {
             return;
         };
-        quantize_acts(kernel, px, cols, part, pc, ps);
+        quantize_acts_rows(kernel, px, cols, part, pc, ps);
     });
 }
 
@@ -110,7 +110,7 @@ pub(crate) fn quantize_acts_with(
 /// `[block][quad][row][4 codes]` with scales `[block][row]`; plain rows are as
 /// [`quantize_act_q8_0`](super::linear::quantize_act_q8_0) writes them. `kernel` picks
 /// the block quantizer (all of them give the same bytes).
-pub(crate) fn quantize_acts(
+pub(crate) fn quantize_acts_rows(
     kernel: Q8Kernel,
     x: &[f32],
     cols: usize,

@@ -19,8 +19,8 @@
 //!
 //! The SIMD kernels (`gemm.rs` drivers, `x86.rs` instructions) compute each output with
 //! exactly the reference's sequence of roundings, so every kernel and every executor
-//! gives the same bits: [`linear_vec_on`] picks the kernel family, [`linear_vec_with`]
-//! the executor, [`linear_vec`] takes the active CPU features and the default executor.
+//! gives the same bits: [`linear`] and [`linear_many`] take both choices in a
+//! [`Ctx`].
 
 use glimpse_quant::DType;
 use glimpse_quant::fp8::{E4M3_TO_F32, E5M2_TO_F32, e8m0_to_f32};
@@ -31,11 +31,11 @@ use glimpse_hal::Executor;
 
 use crate::error::{Dims, Error, tensor_name};
 use crate::image::TensorView;
-use crate::kernels::cpu::{Cpu, F32Kernel, Q8Kernel};
+use crate::kernels::cpu::{F32Kernel, Q8Kernel};
 use crate::kernels::gemm::{self, ActLayout};
 use crate::kernels::math::same_len;
-use crate::kernels::par::{SharedMut, for_pieces, task_count, with_default_executor};
-use crate::kernels::{Vector, bf16_to_f32, f16_to_f32};
+use crate::kernels::par::{SharedMut, for_pieces, task_count};
+use crate::kernels::{Ctx, Vector, bf16_to_f32, f16_to_f32};
 
 /// Bytes of a Q8_0 / E4M3 / E5M2 block, and of an MXFP8 block.
 const B34: usize = 2 + QK;
@@ -346,71 +346,14 @@ pub fn linear_scratch_bytes(w: &Weights, n: usize) -> usize {
     body.saturating_add(4)
 }
 
-/// `y[n×rows] = x[n×cols]·Wᵀ + bias`.
+/// `y[n×rows] = x[n×cols]·Wᵀ + bias`, its output columns split across `ctx`'s executor
+/// with the kernels `ctx.cpu` allows: every choice gives the same bits.
 ///
-/// `bias`, when given, is a 1-D F32/F16/BF16 tensor of `rows` values. `scratch` must hold
-/// at least [`linear_scratch_bytes`]`(w, n)` bytes; its contents are overwritten.
-/// Every length is checked before anything is written. The work runs on the default
-/// executor ([`with_default_executor`]: sequential unless the port installed one).
+/// `bias`, when given, holds `rows` values. `scratch` must hold at least
+/// [`linear_scratch_bytes`]`(w, n)` bytes; its contents are overwritten. Every length is
+/// checked before anything is written.
 pub fn linear(
-    w: &Weights,
-    bias: Option<&TensorView>,
-    x: &[f32],
-    n: usize,
-    y: &mut [f32],
-    scratch: &mut [u8],
-) -> Result<(), Error> {
-    with_default_executor(|exec| linear_with(exec, w, bias, x, n, y, scratch))
-}
-
-/// [`linear`] with its output columns split across `exec`'s tasks. The result is the
-/// same to the bit for every executor.
-pub fn linear_with(
-    exec: &mut dyn Executor,
-    w: &Weights,
-    bias: Option<&TensorView>,
-    x: &[f32],
-    n: usize,
-    y: &mut [f32],
-    scratch: &mut [u8],
-) -> Result<(), Error> {
-    let bias = bias.map(Vector::from_view).transpose()?;
-    linear_vec_with(exec, w, bias.as_ref(), x, n, y, scratch)
-}
-
-/// [`linear`] with the bias as a [`Vector`] (already resolved by the caller).
-pub fn linear_vec(
-    w: &Weights,
-    bias: Option<&Vector>,
-    x: &[f32],
-    n: usize,
-    y: &mut [f32],
-    scratch: &mut [u8],
-) -> Result<(), Error> {
-    with_default_executor(|exec| linear_vec_with(exec, w, bias, x, n, y, scratch))
-}
-
-/// [`linear_vec`] with its output columns split across `exec`'s tasks, using the
-/// [`Cpu::active`] kernels.
-pub fn linear_vec_with(
-    exec: &mut dyn Executor,
-    w: &Weights,
-    bias: Option<&Vector>,
-    x: &[f32],
-    n: usize,
-    y: &mut [f32],
-    scratch: &mut [u8],
-) -> Result<(), Error> {
-    linear_vec_on(Cpu::active(), exec, w, bias, x, n, y, scratch)
-}
-
-/// [`linear_vec_with`] restricted to the kernels `cpu` allows (intersected with what is
-/// active, so asking for more than the CPU has is harmless). Every kernel gives the same
-/// result to the bit; this exists to test and benchmark them against each other.
-#[allow(clippy::too_many_arguments)]
-pub fn linear_vec_on(
-    cpu: Cpu,
-    exec: &mut dyn Executor,
+    ctx: &mut Ctx<'_>,
     w: &Weights,
     bias: Option<&Vector>,
     x: &[f32],
@@ -448,11 +391,11 @@ pub fn linear_vec_on(
         return Ok(());
     }
 
-    let cpu = cpu.usable();
+    let cpu = ctx.usable();
     if w.dtype == DType::Q8_0 && w.act == Q8Activations::Int8 {
-        matmul_q8_0(cpu.q8_kernel(), exec, w, x, n, y, scratch)?;
+        matmul_q8_0(cpu.q8_kernel(), ctx.exec, w, x, n, y, scratch)?;
     } else {
-        matmul_f32(cpu.f32_kernel(), exec, w, x, n, y, scratch)?;
+        matmul_f32(cpu.f32_kernel(), ctx.exec, w, x, n, y, scratch)?;
     }
 
     if let Some(b) = bias {
@@ -463,7 +406,7 @@ pub fn linear_vec_on(
     Ok(())
 }
 
-/// One product of a [`linear_vec_many`] call: `y[n×rows] = x·wᵀ + bias`.
+/// One product of a [`linear_many`] call: `y[n×rows] = x·wᵀ + bias`.
 #[derive(Debug)]
 pub struct Product<'p, 'w> {
     /// The matrix.
@@ -474,28 +417,17 @@ pub struct Product<'p, 'w> {
     pub y: &'p mut [f32],
 }
 
-/// Most products one [`linear_vec_many`] pass takes together (more run one by one).
+/// Most products one [`linear_many`] pass takes together (more run one by one).
 pub const MANY_MAX: usize = 4;
 
 /// Several matrices over the same input (a layer's q, k and v; an MLP's gate and up):
 /// for Q8_0 weights with int8 activations and a common width, the input is quantized
 /// once and the rows of all the matrices are split across the executor's tasks in one
 /// dispatch (one wait instead of one per matrix). Otherwise, and for more than
-/// [`MANY_MAX`] products, one [`linear_vec`] each. The same bits either way. `scratch`
-/// as for any one of them ([`linear_scratch_bytes`] of the widest).
-pub fn linear_vec_many(
-    products: &mut [Product<'_, '_>],
-    x: &[f32],
-    n: usize,
-    scratch: &mut [u8],
-) -> Result<(), Error> {
-    with_default_executor(|exec| linear_vec_many_on(Cpu::active(), exec, products, x, n, scratch))
-}
-
-/// [`linear_vec_many`] on `exec` with the kernels `cpu` allows.
-pub fn linear_vec_many_on(
-    cpu: Cpu,
-    exec: &mut dyn Executor,
+/// [`MANY_MAX`] products, one [`linear`] each. The same bits either way. `scratch` as
+/// for any one of them ([`linear_scratch_bytes`] of the widest).
+pub fn linear_many(
+    ctx: &mut Ctx<'_>,
     products: &mut [Product<'_, '_>],
     x: &[f32],
     n: usize,
@@ -510,11 +442,11 @@ pub fn linear_vec_many_on(
         });
     if !together {
         for p in products.iter_mut() {
-            linear_vec_on(cpu, exec, p.w, p.bias, x, n, p.y, scratch)?;
+            linear(ctx, p.w, p.bias, x, n, p.y, scratch)?;
         }
         return Ok(());
     }
-    // Every check of `linear_vec_on`, for every product, before anything is written.
+    // Every check of `linear`, for every product, before anything is written.
     for p in products.iter() {
         p.w.check()?;
         same_len("linear input", n.saturating_mul(cols), x.len())?;
@@ -531,7 +463,7 @@ pub fn linear_vec_many_on(
             });
         }
     }
-    let kernel = cpu.usable().q8_kernel();
+    let kernel = ctx.usable().q8_kernel();
     let nb = cols / QK;
     let (scales, rest) = scratch_f32(scratch, (n + 1) * nb)?;
     let (Some(scales), Some(codes)) = (scales.get_mut(..n * nb), rest.get_mut(..n * cols)) else {
@@ -542,7 +474,7 @@ pub fn linear_vec_many_on(
         });
     };
     let lay = ActLayout::new(kernel, n);
-    gemm::quantize_acts_with(exec, kernel, x, cols, lay, codes, scales);
+    gemm::quantize_acts(ctx.exec, kernel, x, cols, lay, codes, scales);
     let (codes, scales) = (&*codes, &*scales);
     // The products' rows laid end to end, each starting on a multiple of 8 so that every
     // piece of a split starts a product's rows on a multiple of 8 (or at its first row),
@@ -558,11 +490,11 @@ pub fn linear_vec_many_on(
     }
     let total = starts[count];
     let tasks = task_count(
-        exec,
+        ctx.exec,
         total / 8,
         n.saturating_mul(total).saturating_mul(cols),
     );
-    for_pieces(exec, total, tasks, 8, &|range| {
+    for_pieces(ctx.exec, total, tasks, 8, &|range| {
         for (j, (w, out)) in ws.iter().zip(&outs).enumerate() {
             let (Some(w), Some(out)) = (w, out) else {
                 continue;
@@ -759,7 +691,7 @@ fn matmul_q8_0(
         return Ok(());
     }
     let lay = ActLayout::new(kernel, n);
-    gemm::quantize_acts_with(exec, kernel, x, cols, lay, codes, scales);
+    gemm::quantize_acts(exec, kernel, x, cols, lay, codes, scales);
     let (codes, scales) = (&*codes, &*scales);
     let tasks = task_count(
         exec,
@@ -854,6 +786,7 @@ fn isum_i8(a: &[u8], b: &[u8]) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::one_task;
     use glimpse_quant::blocks::{dequantize_row, dot_q8_0, quantize_row};
     use std::vec;
     use std::vec::Vec;
@@ -925,7 +858,7 @@ mod tests {
         let w = Weights::new(dtype, rows, cols, data).unwrap();
         let mut y = vec![f32::NAN; n * rows];
         let mut scratch = vec![0u8; linear_scratch_bytes(&w, n)];
-        linear_vec(&w, None, x, n, &mut y, &mut scratch).unwrap();
+        one_task(|c| linear(c, &w, None, x, n, &mut y, &mut scratch)).unwrap();
         y
     }
 
@@ -1055,7 +988,7 @@ mod tests {
         ] {
             let mut y = vec![0f32; n * rows];
             let mut s = vec![0u8; linear_scratch_bytes(&wm, n)];
-            linear_vec(&wm, Some(&bias), &x, n, &mut y, &mut s).unwrap();
+            one_task(|c| linear(c, &wm, Some(&bias), &x, n, &mut y, &mut s)).unwrap();
             for i in 0..n * rows {
                 // The biases are exact in f16, so the sum is the same f32 addition.
                 assert_eq!(y[i], plain[i] + b[i % rows]);
@@ -1070,12 +1003,15 @@ mod tests {
         let x = vec![1f32; 64];
         let mut y = vec![7f32; 2];
         let mut s = vec![0u8; linear_scratch_bytes(&w, 1)];
-        assert!(linear_vec(&w, None, &x[..63], 1, &mut y, &mut s).is_err());
-        assert!(linear_vec(&w, None, &x, 1, &mut y[..1], &mut s).is_err());
+        assert!(one_task(|c| linear(c, &w, None, &x[..63], 1, &mut y, &mut s)).is_err());
+        assert!(one_task(|c| linear(c, &w, None, &x, 1, &mut y[..1], &mut s)).is_err());
         let short = s.len() - 1;
-        assert!(linear_vec(&w, None, &x, 1, &mut y, &mut s[..short]).is_err());
+        assert!(one_task(|c| linear(c, &w, None, &x, 1, &mut y, &mut s[..short])).is_err());
         let b = [0f32; 3];
-        assert!(linear_vec(&w, Some(&Vector::from_f32(&b)), &x, 1, &mut y, &mut s).is_err());
+        assert!(
+            one_task(|c| linear(c, &w, Some(&Vector::from_f32(&b)), &x, 1, &mut y, &mut s))
+                .is_err()
+        );
         assert_eq!(y, [7.0, 7.0]);
         // Bad matrices are refused at construction.
         assert!(Weights::new(DType::Q8_0, 2, 48, &data).is_err());
@@ -1090,7 +1026,7 @@ mod tests {
             act: Q8Activations::Int8,
             layout: TensorLayout::RowMajor,
         };
-        assert!(linear_vec(&bad, None, &x, 1, &mut y, &mut s).is_err());
+        assert!(one_task(|c| linear(c, &bad, None, &x, 1, &mut y, &mut s)).is_err());
     }
 
     #[test]

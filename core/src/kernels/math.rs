@@ -5,11 +5,10 @@
 //! functions used here), except GELU's erf, which is a branch-free polynomial form so
 //! it vectorises (within 1.4 ulp); the tests measure each against an f64 evaluation.
 
-use glimpse_hal::Executor;
-
 use crate::error::Error;
-use crate::kernels::Vector;
-use crate::kernels::par::{SharedMut, for_pieces, task_count, with_default_executor};
+use crate::kernels::cpu::F32Kernel;
+use crate::kernels::par::{SharedMut, for_pieces, task_count};
+use crate::kernels::{Ctx, Vector};
 
 /// `Ok` when `got == expected`, else the length error naming `what`.
 pub(crate) fn same_len(what: &'static str, expected: usize, got: usize) -> Result<(), Error> {
@@ -94,19 +93,25 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + exp(-x))
 }
 
-/// `gate = silu(gate) ⊙ up`: the SwiGLU product (vectorised: every value alone).
-pub fn silu_mul(gate: &mut [f32], up: &[f32]) -> Result<(), Error> {
+/// `gate = silu(gate) ⊙ up`: the SwiGLU product, vectorised at the widest width
+/// `ctx.cpu` allows (every value alone, so every width gives the same bits; it stays on
+/// the calling thread: a decode step's MLP is too short to split).
+pub fn silu_mul(ctx: &Ctx<'_>, gate: &mut [f32], up: &[f32]) -> Result<(), Error> {
     same_len("silu_mul operand", gate.len(), up.len())?;
+    let kind = ctx.usable().f32_kernel();
     #[cfg(target_arch = "x86_64")]
-    match crate::kernels::cpu::Cpu::active().f32_kernel() {
+    match kind {
         // SAFETY: the kernel kind was chosen from the active CPU features.
-        crate::kernels::cpu::F32Kernel::Avx512 => unsafe { silu_mul_avx512(gate, up) },
+        F32Kernel::Avx512 => unsafe { silu_mul_avx512(gate, up) },
         // SAFETY: as above.
-        crate::kernels::cpu::F32Kernel::Avx2 => unsafe { silu_mul_avx2(gate, up) },
+        F32Kernel::Avx2 => unsafe { silu_mul_avx2(gate, up) },
         _ => silu_mul_body(gate, up),
     }
     #[cfg(not(target_arch = "x86_64"))]
-    silu_mul_body(gate, up);
+    {
+        let _ = kind;
+        silu_mul_body(gate, up);
+    }
     Ok(())
 }
 
@@ -233,43 +238,40 @@ pub fn gelu(x: f32) -> f32 {
     0.5 * x * one_plus_erf
 }
 
-/// [`gelu`] over a slice, in place, vectorised at the widest width the CPU allows and
-/// split across the default executor's tasks when long (the same bits either way: each
-/// element is computed alone).
-pub fn gelu_inplace(x: &mut [f32]) {
-    with_default_executor(|exec| gelu_inplace_with(exec, x));
-}
-
 /// Multiply-adds one GELU is worth, for sizing tasks (the erf polynomials and the
 /// exponential).
 const GELU_WORK: usize = 32;
 
-/// [`gelu_inplace`] on `exec`.
-pub fn gelu_inplace_with(exec: &mut dyn Executor, x: &mut [f32]) {
+/// [`gelu`] over a slice, in place, vectorised at the widest width `ctx.cpu` allows and
+/// split across `ctx`'s tasks when long (the same bits either way: each element is
+/// computed alone).
+pub fn gelu_inplace(ctx: &mut Ctx<'_>, x: &mut [f32]) {
+    let (kind, exec) = (ctx.usable().f32_kernel(), &mut *ctx.exec);
     let len = x.len();
     let tasks = task_count(exec, len / 64, len.saturating_mul(GELU_WORK));
     if tasks <= 1 {
-        gelu_vectorised(x);
+        gelu_vectorised(kind, x);
         return;
     }
     let out = SharedMut::new(x);
     for_pieces(exec, len, tasks, 64, &|range| {
         // SAFETY: the pieces of `for_pieces` are disjoint, so each task owns its range.
         if let Some(s) = unsafe { out.slice(range) } {
-            gelu_vectorised(s);
+            gelu_vectorised(kind, s);
         }
     });
 }
 
-/// [`gelu`] over a slice at the widest width the CPU allows, on this thread.
-fn gelu_vectorised(x: &mut [f32]) {
+/// [`gelu`] over a slice with the `kind` kernels, on this thread.
+fn gelu_vectorised(kind: F32Kernel, x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    match crate::kernels::cpu::Cpu::active().f32_kernel() {
+    match kind {
         // SAFETY: the kernel kind was chosen from the active CPU features.
-        crate::kernels::cpu::F32Kernel::Avx512 => return unsafe { gelu_avx512(x) },
-        crate::kernels::cpu::F32Kernel::Avx2 => return unsafe { gelu_avx2(x) },
+        F32Kernel::Avx512 => return unsafe { gelu_avx512(x) },
+        F32Kernel::Avx2 => return unsafe { gelu_avx2(x) },
         _ => {}
     }
+    let _ = kind;
     gelu_slice(x);
 }
 
@@ -400,6 +402,7 @@ pub fn rope_rotate_half(x: &mut [f32], cos: &[f32], sin: &[f32]) -> Result<(), E
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::one_task;
 
     #[test]
     fn exp_is_accurate_and_saturates() {
@@ -480,7 +483,7 @@ mod tests {
         // The slice version (vectorised when the CPU allows) gives the scalar bits.
         let mut v: std::vec::Vec<f32> = (0..1003).map(|i| (i as f32 - 500.0) * 0.021).collect();
         let want: std::vec::Vec<u32> = v.iter().map(|&x| gelu(x).to_bits()).collect();
-        gelu_inplace(&mut v);
+        one_task(|c| gelu_inplace(c, &mut v));
         let got: std::vec::Vec<u32> = v.iter().map(|x| x.to_bits()).collect();
         assert_eq!(got, want);
     }

@@ -24,7 +24,67 @@ use crate::error::{Dims, Error, tensor_name};
 use crate::image::TensorView;
 
 pub use cpu::Cpu;
-pub use linear::{Weights, linear, linear_scratch_bytes, linear_vec_with, linear_with};
+pub use linear::{Weights, linear, linear_scratch_bytes};
+
+use glimpse_hal::Executor;
+
+/// What a kernel runs on: the CPU features it may use and the executor it splits its work
+/// across. Every kernel takes one, so there is one entry point per kernel; every choice
+/// of features and executor gives the same bits.
+pub struct Ctx<'e> {
+    /// The features the kernels may use; a request is intersected with
+    /// [`Cpu::active`], so asking for more than the CPU has is harmless.
+    pub cpu: Cpu,
+    /// Where the work runs.
+    pub exec: &'e mut dyn Executor,
+}
+
+impl core::fmt::Debug for Ctx<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("cpu", &self.cpu)
+            .field("parallelism", &self.exec.parallelism())
+            .finish()
+    }
+}
+
+impl<'e> Ctx<'e> {
+    /// Every active feature ([`Cpu::active`]) on `exec`.
+    pub fn new(exec: &'e mut dyn Executor) -> Self {
+        Ctx {
+            cpu: Cpu::active(),
+            exec,
+        }
+    }
+
+    /// The same executor with only the features of `cpu` (tests and benchmarks compare
+    /// kernel families this way).
+    #[must_use]
+    pub fn with_cpu(self, cpu: Cpu) -> Self {
+        Ctx { cpu, ..self }
+    }
+
+    /// A shorter-lived context on the same executor, for handing to a callee while this
+    /// one stays usable.
+    pub fn reborrow(&mut self) -> Ctx<'_> {
+        Ctx {
+            cpu: self.cpu,
+            exec: &mut *self.exec,
+        }
+    }
+
+    /// The features a kernel may use here: the requested ones the CPU is known to have.
+    pub fn usable(&self) -> Cpu {
+        self.cpu.usable()
+    }
+}
+
+/// Run `f` with every active feature on the default executor
+/// ([`par::with_default_executor`]: the one the port installed, or sequential): the
+/// host's convenience for callers that do not hold an executor.
+pub fn with_default_ctx<R>(f: impl FnOnce(&mut Ctx<'_>) -> R) -> R {
+    par::with_default_executor(|exec| f(&mut Ctx::new(exec)))
+}
 
 /// IEEE binary16 bits to f32, exactly, without branches (so a loop over it vectorises).
 ///
@@ -51,14 +111,42 @@ pub fn bf16_to_f32(h: u16) -> f32 {
     f32::from_bits(u32::from(h) << 16)
 }
 
-/// A 1-D parameter (norm weight, bias, layer scale) kept in f32, f16 or bf16.
+/// A parameter kept in an unquantized format (f32, f16 or bf16) read as a flat run of
+/// values: a norm weight, a bias, a layer scale, a conv kernel.
 #[derive(Clone, Copy, Debug)]
 pub struct Vector<'a> {
     dtype: DType,
     data: &'a [u8],
 }
 
+/// Bytes per value of the formats a [`Vector`] holds.
+fn elem_bytes(dtype: DType) -> Option<usize> {
+    match dtype {
+        DType::F32 => Some(4),
+        DType::F16 | DType::BF16 => Some(2),
+        _ => None,
+    }
+}
+
 impl<'a> Vector<'a> {
+    /// View a kept tensor of any shape as its flat run of values (a conv kernel).
+    pub fn flat(v: &TensorView<'a>) -> Result<Self, Error> {
+        Self::from_bytes(v.dtype, v.data).map_err(|_| Error::DType {
+            tensor: tensor_name(v.name),
+            dtype: v.dtype,
+        })
+    }
+
+    /// View however many little-endian `dtype` values (F32, F16 or BF16) `data` holds;
+    /// a trailing partial value is an error.
+    pub fn from_bytes(dtype: DType, data: &'a [u8]) -> Result<Self, Error> {
+        let size = elem_bytes(dtype).ok_or(Error::DType {
+            tensor: tensor_name("(parameter)"),
+            dtype,
+        })?;
+        Self::new(dtype, data.len() / size, data)
+    }
+
     /// View a 1-D F32/F16/BF16 tensor.
     pub fn from_view(v: &TensorView<'a>) -> Result<Self, Error> {
         let [len] = v.dims() else {
@@ -76,16 +164,10 @@ impl<'a> Vector<'a> {
 
     /// View `len` values of `dtype` stored little-endian in `data`.
     pub fn new(dtype: DType, len: usize, data: &'a [u8]) -> Result<Self, Error> {
-        let size = match dtype {
-            DType::F32 => 4,
-            DType::F16 | DType::BF16 => 2,
-            _ => {
-                return Err(Error::DType {
-                    tensor: tensor_name("(vector)"),
-                    dtype,
-                });
-            }
-        };
+        let size = elem_bytes(dtype).ok_or(Error::DType {
+            tensor: tensor_name("(parameter)"),
+            dtype,
+        })?;
         if data.len() != len.saturating_mul(size) {
             return Err(Error::Length {
                 what: "vector payload",
@@ -120,6 +202,29 @@ impl<'a> Vector<'a> {
     /// Whether it holds no value.
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
+    }
+
+    /// The values as f32s in place, when they are stored as aligned little-endian f32.
+    pub fn as_f32(&self) -> Option<&'a [f32]> {
+        if self.dtype != DType::F32 || cfg!(target_endian = "big") {
+            return None;
+        }
+        bytemuck::try_cast_slice(self.data).ok()
+    }
+
+    /// Decode values `start .. start + out.len()` into `out`.
+    pub fn load(&self, start: usize, out: &mut [f32]) -> Result<(), Error> {
+        let size = elem_bytes(self.dtype).unwrap_or(1);
+        let bytes = start
+            .checked_add(out.len())
+            .and_then(|end| self.data.get(start * size..end.checked_mul(size)?))
+            .ok_or(Error::Length {
+                what: "parameter range",
+                expected: start.saturating_add(out.len()),
+                got: self.len(),
+            })?;
+        Vector::new(self.dtype, out.len(), bytes)?.zip_apply(out, |_, w| w);
+        Ok(())
     }
 
     /// Call `f(i, value)` for every value in order, decoding once per element.

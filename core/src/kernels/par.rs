@@ -1,7 +1,6 @@
 //! How kernels cut their work into tasks for a [`glimpse_hal::Executor`]: the split of an
 //! output range into aligned pieces, the shared pointer tasks write their disjoint
-//! pieces of one output buffer through, and the default executor the entry points
-//! without an executor argument use.
+//! pieces of one output buffer through, and the process-wide default executor.
 //!
 //! Every kernel computes each output element with the same sequence of operations
 //! whichever task it lands in, so a result never depends on the number of tasks.
@@ -37,9 +36,9 @@ impl DefaultExecutor {
 /// it (a call takes it out and puts it back, so it is never used by two calls at once).
 static DEFAULT: AtomicPtr<DefaultExecutor> = AtomicPtr::new(ptr::null_mut());
 
-/// Make `slot` the executor that [`linear`](super::linear::linear),
-/// [`linear_vec`](super::linear::linear_vec) and the other entry points without an
-/// executor argument split their work across (by default they run sequentially).
+/// Make `slot` the executor that [`with_default_ctx`](super::with_default_ctx) (and so
+/// every model call that is handed no executor) splits work across (by default it runs
+/// sequentially).
 /// Returns the slot it replaces, if that one was not in use.
 ///
 /// A call that finds the default executor busy (another thread, or a kernel called from

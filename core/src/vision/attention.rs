@@ -14,13 +14,9 @@ use super::{
 use crate::arena::{ALIGN, Arena};
 use crate::error::Error;
 use crate::image::Model;
-use glimpse_hal::Executor;
 
-use crate::kernels::attention::{PackedQkv, self_attention_with};
-use crate::kernels::conv::Params;
-use crate::kernels::cpu::Cpu;
-use crate::kernels::linear::linear_vec_with;
-use crate::kernels::{Vector, Weights};
+use crate::kernels::attention::{PackedQkv, self_attention};
+use crate::kernels::{Ctx, Vector, Weights, linear};
 
 /// One attention block.
 #[derive(Debug, Clone, Copy)]
@@ -28,12 +24,12 @@ pub struct AttentionBlock<'a> {
     dim: usize,
     head_dim: usize,
     eps: f32,
-    norm_w: Params<'a>,
-    norm_b: Params<'a>,
+    norm_w: Vector<'a>,
+    norm_b: Vector<'a>,
     qkv: Weights<'a>,
     proj: Weights<'a>,
     proj_b: Vector<'a>,
-    scale: Params<'a>,
+    scale: Vector<'a>,
     ffn: ConvFfn<'a>,
 }
 
@@ -118,7 +114,7 @@ impl<'a> AttentionBlock<'a> {
     /// [`AttentionBlock::other_floats`] values.
     pub fn forward(
         &self,
-        exec: &mut dyn Executor,
+        ctx: &mut Ctx<'_>,
         x: &mut [f32],
         other: &mut [f32],
         shape: Shape,
@@ -146,7 +142,7 @@ impl<'a> AttentionBlock<'a> {
                 // (its size is set by larger layers, such as this block's ConvFFN), so
                 // the plan does not grow and a single-task port takes just the one.
                 let per = layout.scratch_floats();
-                let tasks = exec.parallelism().max(1);
+                let tasks = ctx.exec.parallelism().max(1);
                 let spare = a.remaining().saturating_sub(ALIGN) / 4 / per.max(1);
                 let copies = spare.clamp(1, tasks);
                 let attn_scratch = a.f32s(per * copies)?;
@@ -157,14 +153,14 @@ impl<'a> AttentionBlock<'a> {
                 self.scale.load(0, ls)?;
 
                 layer_norm_channel(x, t, nw, nb, self.eps);
-                linear_tiled(exec, &self.qkv, None, t, qkv, lin)?;
+                linear_tiled(ctx, &self.qkv, None, t, qkv, lin)?;
                 // head_dim^-0.5 rounded once from f64, as PyTorch's Python-float scale is.
                 let scale = (1.0 / libm::sqrt(self.head_dim as f64)) as f32;
-                self_attention_with(exec, Cpu::active(), &layout, qkv, scale, t, attn_scratch)?;
+                self_attention(ctx, &layout, qkv, scale, t, attn_scratch)?;
                 for (xt, at) in x.chunks_mut(tile_px * c).zip(t.chunks(tile_px * c)) {
                     let px = at.len() / c;
                     let p = prefix_mut(tile, px * c)?;
-                    linear_vec_with(exec, &self.proj, Some(&self.proj_b), at, px, p, lin)?;
+                    linear(ctx, &self.proj, Some(&self.proj_b), at, px, p, lin)?;
                     for (xr, pr) in xt.chunks_exact_mut(c).zip(p.chunks_exact(c)) {
                         for ((x, &p), &s) in xr.iter_mut().zip(pr).zip(ls.iter()) {
                             *x += s * p;
@@ -175,6 +171,6 @@ impl<'a> AttentionBlock<'a> {
             })?;
         }
         self.ffn
-            .residual_in_place(exec, x, shape, FfnInput::Identity, arena)
+            .residual_in_place(ctx, x, shape, FfnInput::Identity, arena)
     }
 }

@@ -19,12 +19,10 @@ use super::{
 use crate::arena::Arena;
 use crate::error::Error;
 use crate::image::Model;
-use glimpse_hal::Executor;
 
-use crate::kernels::conv::{Grouped, Params, grouped_conv_with};
-use crate::kernels::linear::linear_vec_with;
-use crate::kernels::math::gelu_inplace_with;
-use crate::kernels::{Vector, Weights, linear_scratch_bytes};
+use crate::kernels::conv::{ConvParams, Grouped, InputRows, grouped_conv};
+use crate::kernels::math::gelu_inplace;
+use crate::kernels::{Ctx, Vector, Weights, linear, linear_scratch_bytes};
 
 /// Where the ConvFFN input `y` comes from.
 #[derive(Debug, Clone, Copy)]
@@ -36,9 +34,9 @@ pub enum FfnInput<'a> {
         /// Square kernel size (odd, at most the ConvFFN kernel).
         kernel: usize,
         /// Kernel `[k, k, C]`.
-        weight: Params<'a>,
+        weight: Vector<'a>,
         /// Bias `[C]`.
-        bias: Params<'a>,
+        bias: Vector<'a>,
     },
 }
 
@@ -57,13 +55,13 @@ pub struct ConvFfn<'a> {
     dim: usize,
     hidden: usize,
     kernel: usize,
-    dw_w: Params<'a>,
-    dw_b: Params<'a>,
+    dw_w: Vector<'a>,
+    dw_b: Vector<'a>,
     fc1: Weights<'a>,
     fc1_b: Vector<'a>,
     fc2: Weights<'a>,
     fc2_b: Vector<'a>,
-    scale: Params<'a>,
+    scale: Vector<'a>,
 }
 
 impl<'a> ConvFfn<'a> {
@@ -148,19 +146,19 @@ impl<'a> ConvFfn<'a> {
     /// depthwise conv of it (see [`FfnInput`]).
     pub fn residual_in_place(
         &self,
-        exec: &mut dyn Executor,
+        ctx: &mut Ctx<'_>,
         x: &mut [f32],
         shape: Shape,
         input: FfnInput<'_>,
         arena: &mut Arena<'_>,
     ) -> Result<(), Error> {
-        self.stream(exec, x, shape, input, self.tile_rows(shape), arena)
+        self.stream(ctx, x, shape, input, self.tile_rows(shape), arena)
     }
 
     /// [`ConvFfn::residual_in_place`] with `tile_rows` output rows per tile.
     fn stream(
         &self,
-        exec: &mut dyn Executor,
+        ctx: &mut Ctx<'_>,
         x: &mut [f32],
         shape: Shape,
         input: FfnInput<'_>,
@@ -231,13 +229,14 @@ impl<'a> ConvFfn<'a> {
                             // above), so none has been overwritten yet.
                             let xr = g.input_rows(ye..need.end);
                             let src = x.get(xr.start * row..xr.end * row).unwrap_or_default();
-                            grouped_conv_with(
-                                exec,
+                            grouped_conv(
+                                ctx,
                                 &g,
-                                src,
-                                xr.start,
-                                weight,
-                                bias,
+                                ConvParams { weight, bias },
+                                InputRows {
+                                    data: src,
+                                    first_row: xr.start,
+                                },
                                 ye..need.end,
                                 slot,
                                 conv_scratch,
@@ -250,21 +249,25 @@ impl<'a> ConvFfn<'a> {
                 let px = (r1 - r0) * w;
                 let d = prefix_mut(d_buf, px * c)?;
                 let ys_rows = window.get(..(ye - ys) * row).unwrap_or_default();
-                grouped_conv_with(
-                    exec,
+                grouped_conv(
+                    ctx,
                     &ffn,
-                    ys_rows,
-                    ys,
-                    self.dw_w,
-                    self.dw_b,
+                    ConvParams {
+                        weight: self.dw_w,
+                        bias: self.dw_b,
+                    },
+                    InputRows {
+                        data: ys_rows,
+                        first_row: ys,
+                    },
                     r0..r1,
                     d,
                     conv_scratch,
                 )?;
                 let hid = prefix_mut(h_buf, px * self.hidden)?;
-                linear_vec_with(exec, &self.fc1, Some(&self.fc1_b), d, px, hid, lin)?;
-                gelu_inplace_with(exec, hid);
-                linear_vec_with(exec, &self.fc2, Some(&self.fc2_b), hid, px, d, lin)?;
+                linear(ctx, &self.fc1, Some(&self.fc1_b), d, px, hid, lin)?;
+                gelu_inplace(ctx, hid);
+                linear(ctx, &self.fc2, Some(&self.fc2_b), hid, px, d, lin)?;
                 let y = window
                     .get((r0 - ys) * row..(r1 - ys) * row)
                     .unwrap_or_default();
@@ -398,13 +401,13 @@ mod tests {
             dim: c,
             hidden: hid,
             kernel: k,
-            dw_w: Params::from_f32(&p.dw),
-            dw_b: Params::from_f32(&p.dwb),
+            dw_w: Vector::from_f32(&p.dw),
+            dw_b: Vector::from_f32(&p.dwb),
             fc1: Weights::new(DType::F32, hid, c, &p.fc1).unwrap(),
             fc1_b: Vector::from_f32(&p.b1),
             fc2: Weights::new(DType::F32, c, hid, &p.fc2).unwrap(),
             fc2_b: Vector::from_f32(&p.b2),
-            scale: Params::from_f32(&p.ls),
+            scale: Vector::from_f32(&p.ls),
         };
         let shape = Shape {
             height: h,
@@ -414,8 +417,8 @@ mod tests {
         let x0 = values(h * w * c, 10, 1.0);
         let mixer = FfnInput::Mixer {
             kernel: 3,
-            weight: Params::from_f32(&p.mix),
-            bias: Params::from_f32(&p.mixb),
+            weight: Vector::from_f32(&p.mix),
+            bias: Vector::from_f32(&p.mixb),
         };
         for (input, mk) in [(FfnInput::Identity, None), (mixer, Some(3))] {
             let want = reference(&x0, h, w, c, hid, k, mk, &p);
@@ -425,7 +428,7 @@ mod tests {
                 let mut buf = vec![0u8; 1 << 16];
                 let mut arena = Arena::new(&mut buf);
                 ffn.stream(
-                    &mut glimpse_hal::Sequential,
+                    &mut Ctx::new(&mut glimpse_hal::Sequential),
                     &mut x,
                     shape,
                     input,
@@ -450,13 +453,13 @@ mod tests {
         // A mixer wider than the ConvFFN is refused, not computed from overwritten rows.
         let wide = FfnInput::Mixer {
             kernel: 9,
-            weight: Params::from_f32(&p.dw),
-            bias: Params::from_f32(&p.dwb),
+            weight: Vector::from_f32(&p.dw),
+            bias: Vector::from_f32(&p.dwb),
         };
         let mut x = x0.clone();
         let mut buf = vec![0u8; 1 << 16];
         let r = ffn.residual_in_place(
-            &mut glimpse_hal::Sequential,
+            &mut Ctx::new(&mut glimpse_hal::Sequential),
             &mut x,
             shape,
             wide,

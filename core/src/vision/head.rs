@@ -8,12 +8,10 @@ use super::{Shape, Work, find, kept, kernel_size, matrix, prefix, prefix_mut, ve
 use crate::arena::Arena;
 use crate::error::Error;
 use crate::image::Model;
-use glimpse_hal::Executor;
 
-use crate::kernels::conv::{Grouped, Params, grouped_conv_with};
-use crate::kernels::linear::linear_vec_with;
-use crate::kernels::math::gelu_inplace_with;
-use crate::kernels::{Vector, Weights, linear_scratch_bytes};
+use crate::kernels::conv::{ConvParams, Grouped, InputRows, grouped_conv};
+use crate::kernels::math::gelu_inplace;
+use crate::kernels::{Ctx, Vector, Weights, linear, linear_scratch_bytes};
 
 /// Squeeze-excite: `x ⊙ σ(expand(ReLU(reduce(mean_hw x))))`.
 #[derive(Debug, Clone, Copy)]
@@ -30,8 +28,8 @@ pub struct Head<'a> {
     in_dim: usize,
     out_dim: usize,
     kernel: usize,
-    w: Params<'a>,
-    b: Params<'a>,
+    w: Vector<'a>,
+    b: Vector<'a>,
     se: Option<SqueezeExcite<'a>>,
 }
 
@@ -122,7 +120,7 @@ impl<'a> Head<'a> {
     /// `out = GELU(SE(conv(x)))`.
     pub fn forward(
         &self,
-        exec: &mut dyn Executor,
+        ctx: &mut Ctx<'_>,
         x: &[f32],
         out: &mut [f32],
         shape: Shape,
@@ -144,13 +142,14 @@ impl<'a> Head<'a> {
             let scratch = a.f32s(g.scratch_floats())?;
             let vecs = a.f32s(2 * co + self.se_dim())?;
             let lin = a.bytes(self.linear_scratch())?;
-            grouped_conv_with(
-                exec,
+            grouped_conv(
+                ctx,
                 &g,
-                x,
-                0,
-                self.w,
-                self.b,
+                ConvParams {
+                    weight: self.w,
+                    bias: self.b,
+                },
+                InputRows::whole(x),
                 0..shape.height,
                 out,
                 scratch,
@@ -163,11 +162,11 @@ impl<'a> Head<'a> {
                     let s: f64 = out.iter().skip(c).step_by(co).map(|&v| f64::from(v)).sum();
                     *m = (s / out_shape.pixels().max(1) as f64) as f32;
                 }
-                linear_vec_with(exec, &se.reduce, Some(&se.reduce_b), mean, 1, hidden, lin)?;
+                linear(ctx, &se.reduce, Some(&se.reduce_b), mean, 1, hidden, lin)?;
                 for h in hidden.iter_mut() {
                     *h = h.max(0.0);
                 }
-                linear_vec_with(exec, &se.expand, Some(&se.expand_b), hidden, 1, gate, lin)?;
+                linear(ctx, &se.expand, Some(&se.expand_b), hidden, 1, gate, lin)?;
                 for gv in gate.iter_mut() {
                     *gv = 1.0 / (1.0 + libm::expf(-*gv));
                 }
@@ -177,7 +176,7 @@ impl<'a> Head<'a> {
                     }
                 }
             }
-            gelu_inplace_with(exec, out);
+            gelu_inplace(ctx, out);
             Ok(out_shape)
         })
     }

@@ -37,16 +37,12 @@ pub mod stem;
 
 use core::fmt::{self, Write as _};
 
-use glimpse_hal::Executor;
 use glimpse_quant::schema::{TokenMixer, VisionConfig};
 
 use crate::arena::{Arena, padded};
 use crate::error::{Dims, Error, tensor_name};
 use crate::image::{Model, TensorView};
-use crate::kernels::conv::Params;
-use crate::kernels::linear::linear_vec_with;
-use crate::kernels::par::with_default_executor;
-use crate::kernels::{Vector, Weights, linear_scratch_bytes};
+use crate::kernels::{Ctx, Vector, Weights, linear, linear_scratch_bytes, with_default_ctx};
 
 use attention::AttentionBlock;
 use head::Head;
@@ -158,10 +154,10 @@ pub(crate) fn kept<'a>(
     image: &Model<'a>,
     name: fmt::Arguments<'_>,
     dims: &[usize],
-) -> Result<Params<'a>, Error> {
+) -> Result<Vector<'a>, Error> {
     let v = find(image, name)?;
     expect_dims(&v, dims)?;
-    Params::from_view(&v)
+    Vector::flat(&v)
 }
 
 /// A 1-D kept tensor as a [`Vector`] (linear biases).
@@ -222,7 +218,7 @@ pub(crate) fn tiled_scratch_bytes(w: &Weights<'_>, pixels: usize) -> usize {
 /// `y = x·Wᵀ + b` over every pixel, a tile of pixels at a time (so the scratch, which
 /// holds a tile's quantized activations for Q8_0, stays bounded).
 pub(crate) fn linear_tiled(
-    exec: &mut dyn Executor,
+    ctx: &mut Ctx<'_>,
     w: &Weights<'_>,
     b: Option<&Vector<'_>>,
     x: &[f32],
@@ -239,7 +235,7 @@ pub(crate) fn linear_tiled(
     }
     let tile = linear_tile(w);
     for (xt, yt) in x.chunks(tile * cols).zip(y.chunks_mut(tile * rows)) {
-        linear_vec_with(exec, w, b, xt, xt.len() / cols, yt, scratch)?;
+        linear(ctx, w, b, xt, xt.len() / cols, yt, scratch)?;
     }
     Ok(())
 }
@@ -591,13 +587,13 @@ impl<'a> VisionEncoder<'a> {
         arena.check(plan.padded_bytes())?;
         let [a, b] = plan.buffer_floats;
         let mut bufs = [arena.f32s(a)?, arena.f32s(b)?];
-        with_default_executor(|exec| {
+        with_default_ctx(|ctx| {
             let [first, second] = &mut bufs;
-            let shape = self.stem(exec, pixels, resolution, first, arena)?;
+            let shape = self.stem(ctx, pixels, resolution, first, arena)?;
             observe(Tap::Stem, prefix(first, shape.len())?, shape);
-            let (shape, last) = self.stages(exec, first, second, shape, arena, observe)?;
+            let (shape, last) = self.stages(ctx, first, second, shape, arena, observe)?;
             let x = bufs.get(last).map_or(&[][..], |b| &b[..]);
-            let shape = self.head(exec, x, shape, arena, out)?;
+            let shape = self.head(ctx, x, shape, arena, out)?;
             observe(Tap::Head, prefix(out, shape.len())?, shape);
             Ok(())
         })
@@ -632,7 +628,7 @@ impl<'a> VisionEncoder<'a> {
     /// (`plan.stem_work_bytes` from an aligned start). Returns the stem's output shape.
     pub fn stem(
         &self,
-        exec: &mut dyn Executor,
+        ctx: &mut Ctx<'_>,
         pixels: &[f32],
         resolution: usize,
         first: &mut [f32],
@@ -650,7 +646,7 @@ impl<'a> VisionEncoder<'a> {
                 got: pixels.len(),
             });
         }
-        Stem::load(img, cfg)?.forward(exec, pixels, resolution, first, work)
+        Stem::load(img, cfg)?.forward(ctx, pixels, resolution, first, work)
     }
 
     /// Step 2: every stage, starting from the stem output (`shape`) in `first` and using
@@ -659,7 +655,7 @@ impl<'a> VisionEncoder<'a> {
     /// Returns the last stage's shape and which buffer (0 = `first`) holds it.
     pub fn stages(
         &self,
-        exec: &mut dyn Executor,
+        ctx: &mut Ctx<'_>,
         first: &mut [f32],
         second: &mut [f32],
         mut shape: Shape,
@@ -672,24 +668,24 @@ impl<'a> VisionEncoder<'a> {
         for (i, st) in cfg.stages.iter().enumerate() {
             if i > 0 {
                 let pe = PatchEmbed::load(img, i, stage_dim(cfg, i - 1), st.dim as usize)?;
-                shape = pe.forward(exec, cur, other, shape, work)?;
+                shape = pe.forward(ctx, cur, other, shape, work)?;
                 core::mem::swap(&mut cur, &mut other);
                 which = 1 - which;
             }
             if st.pos_emb {
                 RepCpe::load(img, cfg, i, st.dim as usize)?
-                    .forward(exec, cur, other, shape, work)?;
+                    .forward(ctx, cur, other, shape, work)?;
                 core::mem::swap(&mut cur, &mut other);
                 which = 1 - which;
             }
             for b in 0..st.depth as usize {
                 match st.mixer {
                     TokenMixer::RepMixer => {
-                        RepMixerBlock::load(img, cfg, i, b, st)?.forward(exec, cur, shape, work)?;
+                        RepMixerBlock::load(img, cfg, i, b, st)?.forward(ctx, cur, shape, work)?;
                     }
                     TokenMixer::Attention => {
                         AttentionBlock::load(img, cfg, i, b, st)?
-                            .forward(exec, cur, other, shape, work)?;
+                            .forward(ctx, cur, other, shape, work)?;
                     }
                 }
             }
@@ -703,7 +699,7 @@ impl<'a> VisionEncoder<'a> {
     /// `work` (`plan.head_work_bytes`). Returns the output shape.
     pub fn head(
         &self,
-        exec: &mut dyn Executor,
+        ctx: &mut Ctx<'_>,
         x: &[f32],
         shape: Shape,
         work: &mut Arena<'_>,
@@ -718,6 +714,6 @@ impl<'a> VisionEncoder<'a> {
                 got: out.len(),
             });
         }
-        head.forward(exec, x, out, shape, work)
+        head.forward(ctx, x, out, shape, work)
     }
 }

@@ -9,11 +9,10 @@ use super::{
 use crate::arena::Arena;
 use crate::error::Error;
 use crate::image::Model;
-use glimpse_hal::Executor;
 
-use crate::kernels::conv::{Grouped, Params, grouped_conv_with};
-use crate::kernels::math::gelu_inplace_with;
-use crate::kernels::{Vector, Weights};
+use crate::kernels::conv::{ConvParams, Grouped, InputRows, grouped_conv};
+use crate::kernels::math::gelu_inplace;
+use crate::kernels::{Ctx, Vector, Weights};
 
 /// The downsampler of one stage.
 #[derive(Debug, Clone, Copy)]
@@ -21,8 +20,8 @@ pub struct PatchEmbed<'a> {
     in_dim: usize,
     out_dim: usize,
     kernel: usize,
-    lk_w: Params<'a>,
-    lk_b: Params<'a>,
+    lk_w: Vector<'a>,
+    lk_b: Vector<'a>,
     pw: Weights<'a>,
     pw_b: Vector<'a>,
 }
@@ -108,14 +107,14 @@ impl<'a> PatchEmbed<'a> {
     /// Downsample `x` (of `shape`) into `out`, a tile of output rows at a time.
     pub fn forward(
         &self,
-        exec: &mut dyn Executor,
+        ctx: &mut Ctx<'_>,
         x: &[f32],
         out: &mut [f32],
         shape: Shape,
         arena: &mut Arena<'_>,
     ) -> Result<Shape, Error> {
         self.forward_tiled(
-            exec,
+            ctx,
             x,
             out,
             shape,
@@ -127,7 +126,7 @@ impl<'a> PatchEmbed<'a> {
     /// [`PatchEmbed::forward`] with `rows` output rows per tile.
     fn forward_tiled(
         &self,
-        exec: &mut dyn Executor,
+        ctx: &mut Ctx<'_>,
         x: &[f32],
         out: &mut [f32],
         shape: Shape,
@@ -155,10 +154,14 @@ impl<'a> PatchEmbed<'a> {
                 let r0 = t * rows;
                 let r1 = r0 + dst.len() / row;
                 let mid = prefix_mut(tile, dst.len())?;
-                grouped_conv_with(exec, &g, x, 0, self.lk_w, self.lk_b, r0..r1, mid, scratch)?;
-                gelu_inplace_with(exec, mid);
-                linear_tiled(exec, &self.pw, Some(&self.pw_b), mid, dst, lin)?;
-                gelu_inplace_with(exec, dst);
+                let lk = ConvParams {
+                    weight: self.lk_w,
+                    bias: self.lk_b,
+                };
+                grouped_conv(ctx, &g, lk, InputRows::whole(x), r0..r1, mid, scratch)?;
+                gelu_inplace(ctx, mid);
+                linear_tiled(ctx, &self.pw, Some(&self.pw_b), mid, dst, lin)?;
+                gelu_inplace(ctx, dst);
             }
             Ok(out_shape)
         })
@@ -187,8 +190,8 @@ mod tests {
             in_dim: ci,
             out_dim: co,
             kernel: k,
-            lk_w: Params::from_f32(&lk),
-            lk_b: Params::from_f32(&lkb),
+            lk_w: Vector::from_f32(&lk),
+            lk_b: Vector::from_f32(&lkb),
             pw: Weights::new(DType::F32, co, co, &pw).unwrap(),
             pw_b: Vector::from_f32(&pwb),
         };
@@ -206,7 +209,7 @@ mod tests {
         let mut whole = vec![0f32; out_shape.len()];
         let mut buf = vec![0u8; 1 << 16];
         pe.forward_tiled(
-            &mut glimpse_hal::Sequential,
+            &mut Ctx::new(&mut glimpse_hal::Sequential),
             &x,
             &mut whole,
             shape,
@@ -219,7 +222,7 @@ mod tests {
         for rows in [1, 2, 3] {
             let mut got = vec![0f32; out_shape.len()];
             pe.forward_tiled(
-                &mut glimpse_hal::Sequential,
+                &mut Ctx::new(&mut glimpse_hal::Sequential),
                 &x,
                 &mut got,
                 shape,

@@ -8,17 +8,17 @@ use super::{Shape, Work, find, kept, kernel_size, prefix, prefix_mut};
 use crate::arena::Arena;
 use crate::error::Error;
 use crate::image::Model;
-use glimpse_hal::Executor;
 
-use crate::kernels::conv::{Grouped, Params, grouped_conv_with};
+use crate::kernels::conv::{ConvParams, Grouped, InputRows, grouped_conv};
+use crate::kernels::{Ctx, Vector};
 
 /// One RepCPE.
 #[derive(Debug, Clone, Copy)]
 pub struct RepCpe<'a> {
     dim: usize,
     kernel: usize,
-    w: Params<'a>,
-    b: Params<'a>,
+    w: Vector<'a>,
+    b: Vector<'a>,
 }
 
 impl<'a> RepCpe<'a> {
@@ -73,7 +73,7 @@ impl<'a> RepCpe<'a> {
     /// `out = dwconv(x) + b`.
     pub fn forward(
         &self,
-        exec: &mut dyn Executor,
+        ctx: &mut Ctx<'_>,
         x: &[f32],
         out: &mut [f32],
         shape: Shape,
@@ -84,13 +84,14 @@ impl<'a> RepCpe<'a> {
         let out = prefix_mut(out, shape.len())?;
         arena.scope(|a| {
             let scratch = a.f32s(g.scratch_floats())?;
-            grouped_conv_with(
-                exec,
+            grouped_conv(
+                ctx,
                 &g,
-                x,
-                0,
-                self.w,
-                self.b,
+                ConvParams {
+                    weight: self.w,
+                    bias: self.b,
+                },
+                InputRows::whole(x),
                 0..shape.height,
                 out,
                 scratch,

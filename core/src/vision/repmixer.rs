@@ -9,17 +9,15 @@ use super::{Shape, Work, block_prefix, find, kept, kernel_size};
 use crate::arena::Arena;
 use crate::error::Error;
 use crate::image::Model;
-use glimpse_hal::Executor;
-
-use crate::kernels::conv::Params;
+use crate::kernels::{Ctx, Vector};
 
 /// One RepMixer block.
 #[derive(Debug, Clone, Copy)]
 pub struct RepMixerBlock<'a> {
     dim: usize,
     kernel: usize,
-    mixer_w: Params<'a>,
-    mixer_b: Params<'a>,
+    mixer_w: Vector<'a>,
+    mixer_b: Vector<'a>,
     ffn: ConvFfn<'a>,
 }
 
@@ -80,7 +78,7 @@ impl<'a> RepMixerBlock<'a> {
     /// [`super::convffn`]), so no second activation buffer is needed.
     pub fn forward(
         &self,
-        exec: &mut dyn Executor,
+        ctx: &mut Ctx<'_>,
         x: &mut [f32],
         shape: Shape,
         arena: &mut Arena<'_>,
@@ -93,6 +91,6 @@ impl<'a> RepMixerBlock<'a> {
             });
         }
         self.ffn
-            .residual_in_place(exec, x, shape, self.input(), arena)
+            .residual_in_place(ctx, x, shape, self.input(), arena)
     }
 }

@@ -15,12 +15,12 @@ use super::{
 use crate::arena::Arena;
 use crate::error::Error;
 use crate::image::Model;
-use glimpse_hal::Executor;
 
-use crate::kernels::conv::{Dense, Grouped, Params, dense_conv_planar_on, grouped_conv_with};
-use crate::kernels::cpu::Cpu;
-use crate::kernels::math::gelu_inplace_with;
-use crate::kernels::{Vector, Weights};
+use crate::kernels::conv::{
+    ConvParams, Dense, Grouped, InputRows, dense_conv_planar, grouped_conv,
+};
+use crate::kernels::math::gelu_inplace;
+use crate::kernels::{Ctx, Vector, Weights};
 
 /// The stem's weights.
 #[derive(Debug, Clone, Copy)]
@@ -28,11 +28,11 @@ pub struct Stem<'a> {
     in_channels: usize,
     dim: usize,
     k0: usize,
-    w0: Params<'a>,
-    b0: Params<'a>,
+    w0: Vector<'a>,
+    b0: Vector<'a>,
     k1: usize,
-    w1: Params<'a>,
-    b1: Params<'a>,
+    w1: Vector<'a>,
+    b1: Vector<'a>,
     w2: Weights<'a>,
     b2: Vector<'a>,
 }
@@ -120,7 +120,7 @@ impl<'a> Stem<'a> {
     /// Run the stem on planar `pixels` into `out`, one output row at a time.
     pub fn forward(
         &self,
-        exec: &mut dyn Executor,
+        ctx: &mut Ctx<'_>,
         pixels: &[f32],
         resolution: usize,
         out: &mut [f32],
@@ -157,35 +157,33 @@ impl<'a> Stem<'a> {
                             got: self.k1 * row0,
                         },
                     )?;
-                    dense_conv_planar_on(
-                        Cpu::active(),
-                        exec,
-                        &g0,
-                        pixels,
-                        self.w0,
-                        self.b0,
-                        r..r + 1,
-                        slot,
-                        s0,
-                    )?;
-                    gelu_inplace_with(exec, slot);
+                    let p0 = ConvParams {
+                        weight: self.w0,
+                        bias: self.b0,
+                    };
+                    dense_conv_planar(ctx, &g0, p0, pixels, r..r + 1, slot, s0)?;
+                    gelu_inplace(ctx, slot);
                     filled += 1;
                 }
                 let rows = prefix(window, filled * row0)?;
-                grouped_conv_with(
-                    exec,
+                grouped_conv(
+                    ctx,
                     &g1,
-                    rows,
-                    start,
-                    self.w1,
-                    self.b1,
+                    ConvParams {
+                        weight: self.w1,
+                        bias: self.b1,
+                    },
+                    InputRows {
+                        data: rows,
+                        first_row: start,
+                    },
                     oy..oy + 1,
                     mid,
                     s1,
                 )?;
-                gelu_inplace_with(exec, mid);
-                linear_tiled(exec, &self.w2, Some(&self.b2), mid, dst, lin)?;
-                gelu_inplace_with(exec, dst);
+                gelu_inplace(ctx, mid);
+                linear_tiled(ctx, &self.w2, Some(&self.b2), mid, dst, lin)?;
+                gelu_inplace(ctx, dst);
             }
             Ok(shape)
         })

@@ -139,7 +139,7 @@ impl ThreadPool {
 }
 
 /// Create a pool of `threads` threads and make it the core's default executor (the one
-/// the kernel entry points without an executor argument use) for the rest of the
+/// `with_default_ctx` and sessions handed no executor use) for the rest of the
 /// program. Meant to be called once at start-up: the pool is never freed. Returns the
 /// pool's parallelism.
 pub fn install_default_pool(threads: usize) -> std::io::Result<usize> {
