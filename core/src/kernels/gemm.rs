@@ -190,18 +190,24 @@ pub(crate) fn quantize_acts_rows(
     }
 }
 
-/// Q8_0 outputs for weight rows `range` and all `n` activation rows.
+/// The `n` activation rows of one call, quantized per block of 32 and laid out in `lay`:
+/// `codes` holds `n·cols` bytes, `scales` one f32 per block.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QuantActs<'a> {
+    pub lay: ActLayout,
+    pub codes: &'a [u8],
+    pub scales: &'a [f32],
+    pub n: usize,
+}
+
+/// Q8_0 outputs for weight rows `range` and all activation rows.
 ///
-/// The caller checked every length: `w` is consistent, `codes`/`scales` hold `n` rows in
-/// `lay`, and `y` holds `n·w.rows` values.
-#[allow(clippy::too_many_arguments)]
+/// The caller checked every length: `w` is consistent, `acts` holds `acts.n` rows, and `y`
+/// holds `acts.n·w.rows` values.
 pub(crate) fn q8_rows(
     kernel: Q8Kernel,
     w: &Weights<'_>,
-    lay: ActLayout,
-    codes: &[u8],
-    scales: &[f32],
-    n: usize,
+    acts: &QuantActs<'_>,
     range: Range<usize>,
     y: &SharedMut<'_, f32>,
 ) {
@@ -210,9 +216,15 @@ pub(crate) fn q8_rows(
         kernel,
         Q8Kernel::Avx2 | Q8Kernel::AvxVnni | Q8Kernel::Avx512Vnni
     ) {
-        x86_q8::rows(kernel, w, lay, codes, scales, n, range, y);
+        x86_q8::rows(kernel, w, acts, range, y);
         return;
     }
+    let &QuantActs {
+        lay,
+        codes,
+        scales,
+        n,
+    } = acts;
     #[cfg(target_arch = "aarch64")]
     if kernel == Q8Kernel::Dotprod {
         // SAFETY: `Dotprod` is only selected when the active features include it.
@@ -298,17 +310,19 @@ mod x86_q8 {
     use crate::kernels::x86::{self, PlainRows, QRows, Rows4};
     use glimpse_quant::layout::ROWS4;
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn rows(
         kernel: Q8Kernel,
         w: &Weights<'_>,
-        lay: ActLayout,
-        codes: &[u8],
-        scales: &[f32],
-        n: usize,
+        acts: &QuantActs<'_>,
         range: Range<usize>,
         y: &SharedMut<'_, f32>,
     ) {
+        let &QuantActs {
+            lay,
+            codes,
+            scales,
+            n,
+        } = acts;
         let (rows, cols) = (w.rows, w.cols);
         let nb = cols / QK;
         if range.end > rows
@@ -328,7 +342,7 @@ mod x86_q8 {
                     w: base.wrapping_add(r * rb),
                     rb,
                 };
-                rows_in(kernel, w, at, lay, codes, scales, n, range, y);
+                rows_in(kernel, w, at, acts, range, y);
             }
             TensorLayout::Q8Rows4 => {
                 // Every range starts on a multiple of 8 and ends on one or at `rows` (a
@@ -341,29 +355,31 @@ mod x86_q8 {
                     w: base.wrapping_add(r / ROWS4 * gb),
                     gb,
                 };
-                rows_in(kernel, w, at, lay, codes, scales, n, range, y);
+                rows_in(kernel, w, at, acts, range, y);
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn rows_in<L: QRows>(
         kernel: Q8Kernel,
         w: &Weights<'_>,
         at: impl Fn(usize) -> L,
-        lay: ActLayout,
-        codes: &[u8],
-        scales: &[f32],
-        n: usize,
+        acts: &QuantActs<'_>,
         range: Range<usize>,
         y: &SharedMut<'_, f32>,
     ) {
+        let &QuantActs {
+            lay,
+            codes,
+            scales,
+            n,
+        } = acts;
         let (rows, cols) = (w.rows, w.cols);
         let nb = cols / QK;
         let packed = lay.packed_rows();
         if lay.full > 0 {
-            gemm(kernel, w, &at, lay, codes, scales, range.clone(), y);
+            gemm(kernel, w, &at, acts, range.clone(), y);
         }
         // GEMV for the rows past the packed groups: 8 weight rows at a time.
         let r8_end = range.start + (range.end - range.start) / 8 * 8;
@@ -400,18 +416,18 @@ mod x86_q8 {
 
     /// Packed-group GEMM over weight rows `range`: chunks of activation groups that fit
     /// L2, and within a chunk, tiles of 4 weight rows against each group.
-    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn gemm<L: QRows>(
         kernel: Q8Kernel,
         w: &Weights<'_>,
         at: &impl Fn(usize) -> L,
-        lay: ActLayout,
-        codes: &[u8],
-        scales: &[f32],
+        acts: &QuantActs<'_>,
         range: Range<usize>,
         y: &SharedMut<'_, f32>,
     ) {
+        let &QuantActs {
+            lay, codes, scales, ..
+        } = acts;
         let (rows, cols) = (w.rows, w.cols);
         let nb = cols / QK;
         let g = lay.group;
@@ -434,8 +450,15 @@ mod x86_q8 {
                     // pair) lie in the packed part of `codes`/`scales` (gi + 1 < g1 <=
                     // full); the kernel was selected from the usable CPU features and
                     // the codes are offset exactly for the VNNI kernels (`lay`).
-                    let out =
-                        unsafe { tile_out(kernel, tile, pair, wl, nb, pa, gstride, ps, sstride) };
+                    let t = Tile {
+                        w: wl,
+                        nb,
+                        codes: pa,
+                        code_stride: gstride,
+                        scales: ps,
+                        scale_stride: sstride,
+                    };
+                    let out = unsafe { tile_out(kernel, tile, pair, &t) };
                     let groups = if pair { 2 } else { 1 };
                     // Activation row outer: the tile's `tile` outputs of one activation
                     // row are adjacent in `y`, so each goes out as one short run (one
@@ -458,24 +481,39 @@ mod x86_q8 {
         }
     }
 
-    /// One tile's outputs, `out[row][lane]` with lanes of up to two groups.
+    /// What one GEMM tile reads: weight rows from `w` (`nb` blocks each), and packed
+    /// activation groups at `codes` / `scales`, the next group `code_stride` bytes /
+    /// `scale_stride` scales further.
+    struct Tile<L> {
+        w: L,
+        nb: usize,
+        codes: *const u8,
+        code_stride: usize,
+        scales: *const f32,
+        scale_stride: usize,
+    }
+
+    /// One tile's outputs (`tile` weight rows, one group or a `pair`), `out[row][lane]`
+    /// with lanes of up to two groups.
     ///
     /// # Safety
     ///
     /// See the call in [`gemm`].
-    #[allow(clippy::too_many_arguments)]
     #[inline]
     unsafe fn tile_out<L: QRows>(
         kernel: Q8Kernel,
         tile: usize,
         pair: bool,
-        wl: L,
-        nb: usize,
-        pa: *const u8,
-        gstride: usize,
-        ps: *const f32,
-        sstride: usize,
+        t: &Tile<L>,
     ) -> [[f32; 32]; 4] {
+        let &Tile {
+            w: wl,
+            nb,
+            codes: pa,
+            code_stride: gstride,
+            scales: ps,
+            scale_stride: sstride,
+        } = t;
         let mut out = [[0f32; 32]; 4];
         let put8 = |out: &mut [[f32; 32]; 4], src: &[[f32; 8]]| {
             for (o, s) in out.iter_mut().zip(src) {

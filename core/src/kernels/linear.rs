@@ -32,7 +32,7 @@ use glimpse_hal::Executor;
 use crate::error::{Dims, Error, tensor_name};
 use crate::image::TensorView;
 use crate::kernels::cpu::{F32Kernel, Q8Kernel};
-use crate::kernels::gemm::{self, ActLayout};
+use crate::kernels::gemm::{self, ActLayout, QuantActs};
 use crate::kernels::math::same_len;
 use crate::kernels::par::{SharedMut, for_pieces, task_count};
 use crate::kernels::{Ctx, Vector, bf16_to_f32, f16_to_f32};
@@ -475,7 +475,12 @@ pub fn linear_many(
     };
     let lay = ActLayout::new(kernel, n);
     gemm::quantize_acts(ctx.exec, kernel, x, cols, lay, codes, scales);
-    let (codes, scales) = (&*codes, &*scales);
+    let acts = QuantActs {
+        lay,
+        codes: &*codes,
+        scales: &*scales,
+        n,
+    };
     // The products' rows laid end to end, each starting on a multiple of 8 so that every
     // piece of a split starts a product's rows on a multiple of 8 (or at its first row),
     // as the kernels expect.
@@ -502,7 +507,7 @@ pub fn linear_many(
             let lo = range.start.max(starts[j]) - starts[j];
             let hi = range.end.min(starts[j] + w.rows).saturating_sub(starts[j]);
             if lo < hi {
-                gemm::q8_rows(kernel, w, lay, codes, scales, n, lo..hi, out);
+                gemm::q8_rows(kernel, w, &acts, lo..hi, out);
             }
         }
     });
@@ -692,7 +697,12 @@ fn matmul_q8_0(
     }
     let lay = ActLayout::new(kernel, n);
     gemm::quantize_acts(exec, kernel, x, cols, lay, codes, scales);
-    let (codes, scales) = (&*codes, &*scales);
+    let acts = QuantActs {
+        lay,
+        codes: &*codes,
+        scales: &*scales,
+        n,
+    };
     let tasks = task_count(
         exec,
         rows.div_ceil(8),
@@ -700,7 +710,7 @@ fn matmul_q8_0(
     );
     let out = SharedMut::new(y);
     for_pieces(exec, rows, tasks, 8, &|range| {
-        gemm::q8_rows(kernel, w, lay, codes, scales, n, range, &out)
+        gemm::q8_rows(kernel, w, &acts, range, &out)
     });
     Ok(())
 }

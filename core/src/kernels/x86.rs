@@ -26,8 +26,6 @@
 //! Every function here is `unsafe`: callers guarantee the CPU features named in its
 //! `target_feature` and the buffer sizes listed under Safety.
 
-#![allow(clippy::too_many_arguments)]
-
 use core::arch::x86_64::*;
 
 use glimpse_quant::layout::{QK, ROWS4, ROWS4_BLOCK_BYTES};

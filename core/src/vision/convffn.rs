@@ -312,17 +312,15 @@ mod tests {
 
     /// Straight from the definition over the whole activation, in f64:
     /// y = mixer(x) (or x), out = y + ls ⊙ fc2(gelu(fc1(dw(y)))).
-    #[allow(clippy::too_many_arguments)]
     fn reference(
         x: &[f32],
-        h: usize,
-        w: usize,
-        c: usize,
+        shape: Shape,
         hid: usize,
         k: usize,
         mk: Option<usize>,
         p: &Params32,
     ) -> Vec<f32> {
+        let (h, w, c) = (shape.height, shape.width, shape.channels);
         let f = |v: &[u8]| -> Vec<f32> {
             v.chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -421,7 +419,7 @@ mod tests {
             bias: Vector::from_f32(&p.mixb),
         };
         for (input, mk) in [(FfnInput::Identity, None), (mixer, Some(3))] {
-            let want = reference(&x0, h, w, c, hid, k, mk, &p);
+            let want = reference(&x0, shape, hid, k, mk, &p);
             let mut whole: Option<Vec<f32>> = None;
             for tile in [11, 1, 2, 3, 4] {
                 let mut x = x0.clone();
