@@ -19,11 +19,6 @@ use glimpse_hal::Executor;
 
 use crate::kernels::par::{SharedMut, for_pieces, task_count};
 
-/// Activation rows quantized per pass of the GEMM loop: their codes (about 256 KiB) stay
-/// in L2 while every weight row of a task passes over them.
-#[cfg(target_arch = "x86_64")]
-const ACT_CHUNK_BYTES: usize = 256 * 1024;
-
 /// How the quantized activations of one call are laid out for a Q8_0 kernel: the first
 /// `group · full` rows packed in groups for a GEMM kernel, the rest plain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,7 +134,7 @@ pub(crate) fn quantize_acts_rows(
                 if i < packed {
                     let (g, j) = (i / lay.group, i % lay.group);
                     let (gc, gs) = (g * lay.group * cols, g * lay.group * nb);
-                    crate::kernels::x86::quantize_row_packed_avx2(
+                    crate::kernels::arch::x86_64::simd::quantize_row_packed_avx2(
                         xr.as_ptr(),
                         nb,
                         lay.group,
@@ -149,7 +144,7 @@ pub(crate) fn quantize_acts_rows(
                         scales.as_mut_ptr().add(gs),
                     );
                 } else {
-                    crate::kernels::x86::quantize_row_avx2(
+                    crate::kernels::arch::x86_64::simd::quantize_row_avx2(
                         xr.as_ptr(),
                         nb,
                         codes.as_mut_ptr().add(i * cols),
@@ -216,7 +211,7 @@ pub(crate) fn q8_rows(
         kernel,
         Q8Kernel::Avx2 | Q8Kernel::AvxVnni | Q8Kernel::Avx512Vnni
     ) {
-        x86_q8::rows(kernel, w, acts, range, y);
+        crate::kernels::arch::x86_64::q8::rows(kernel, w, acts, range, y);
         return;
     }
     let &QuantActs {
@@ -228,7 +223,7 @@ pub(crate) fn q8_rows(
     #[cfg(target_arch = "aarch64")]
     if kernel == Q8Kernel::Dotprod {
         // SAFETY: `Dotprod` is only selected when the active features include it.
-        unsafe { arm_q8::rows_dotprod(w, codes, scales, n, range, y) };
+        unsafe { crate::kernels::arch::aarch64::rows_dotprod(w, codes, scales, n, range, y) };
         return;
     }
     let _ = (kernel, lay);
@@ -238,7 +233,7 @@ pub(crate) fn q8_rows(
 /// The reference loop over a range of weight rows: weight row outer, activation row
 /// inner, each output one [`dot_q8_row`].
 #[inline(always)]
-fn q8_rows_scalar(
+pub(crate) fn q8_rows_scalar(
     w: &Weights<'_>,
     codes: &[u8],
     scales: &[f32],
@@ -279,282 +274,6 @@ fn q8_rows_scalar(
     }
 }
 
-#[cfg(target_arch = "aarch64")]
-mod arm_q8 {
-    //! The reference loops compiled with `dotprod`, which LLVM turns into `sdot`.
-    use super::*;
-
-    /// # Safety
-    ///
-    /// The CPU implements NEON and the dot-product extension.
-    #[target_feature(enable = "neon,dotprod")]
-    pub(super) unsafe fn rows_dotprod(
-        w: &Weights<'_>,
-        codes: &[u8],
-        scales: &[f32],
-        n: usize,
-        range: Range<usize>,
-        y: &SharedMut<'_, f32>,
-    ) {
-        q8_rows_scalar(w, codes, scales, n, range, y);
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86_q8 {
-    //! Drivers for the x86 Q8_0 kernels: packed-group GEMM tiles, then GEMV for the rows
-    //! that did not fill a group, then the reference for weight rows past a multiple of
-    //! the tile. Plain and four-row-group weights run the same drivers; only where a row's
-    //! blocks lie differs ([`x86::QRows`]).
-    use super::*;
-    use crate::kernels::x86::{self, PlainRows, QRows, Rows4};
-    use glimpse_quant::layout::ROWS4;
-
-    pub(super) fn rows(
-        kernel: Q8Kernel,
-        w: &Weights<'_>,
-        acts: &QuantActs<'_>,
-        range: Range<usize>,
-        y: &SharedMut<'_, f32>,
-    ) {
-        let &QuantActs {
-            lay,
-            codes,
-            scales,
-            n,
-        } = acts;
-        let (rows, cols) = (w.rows, w.cols);
-        let nb = cols / QK;
-        if range.end > rows
-            || codes.len() < n * cols
-            || scales.len() < n * nb
-            || lay.packed_rows() > n
-            || w.check().is_err()
-        {
-            return;
-        }
-        let base = w.data.as_ptr();
-        match w.layout {
-            TensorLayout::RowMajor => {
-                let rb = w.row_bytes();
-                // Rows r.. start r·rb bytes in (r < rows: inside the checked payload).
-                let at = |r: usize| PlainRows {
-                    w: base.wrapping_add(r * rb),
-                    rb,
-                };
-                rows_in(kernel, w, at, acts, range, y);
-            }
-            TensorLayout::Q8Rows4 => {
-                // Every range starts on a multiple of 8 and ends on one or at `rows` (a
-                // multiple of 4), so tiles of 4 and groups of 8 rows start on a group.
-                if !range.start.is_multiple_of(ROWS4) {
-                    return;
-                }
-                let gb = w.group_bytes();
-                let at = |r: usize| Rows4 {
-                    w: base.wrapping_add(r / ROWS4 * gb),
-                    gb,
-                };
-                rows_in(kernel, w, at, acts, range, y);
-            }
-        }
-    }
-
-    #[inline(always)]
-    fn rows_in<L: QRows>(
-        kernel: Q8Kernel,
-        w: &Weights<'_>,
-        at: impl Fn(usize) -> L,
-        acts: &QuantActs<'_>,
-        range: Range<usize>,
-        y: &SharedMut<'_, f32>,
-    ) {
-        let &QuantActs {
-            lay,
-            codes,
-            scales,
-            n,
-        } = acts;
-        let (rows, cols) = (w.rows, w.cols);
-        let nb = cols / QK;
-        let packed = lay.packed_rows();
-        if lay.full > 0 {
-            gemm(kernel, w, &at, acts, range.clone(), y);
-        }
-        // GEMV for the rows past the packed groups: 8 weight rows at a time.
-        let r8_end = range.start + (range.end - range.start) / 8 * 8;
-        for i in packed..n {
-            let (cr, sr) = (
-                &codes[i * cols..(i + 1) * cols],
-                &scales[i * nb..(i + 1) * nb],
-            );
-            let mut out = [0f32; 8];
-            for r0 in (range.start..r8_end).step_by(8) {
-                let (wl, next) = (at(r0), at(r0 + 8).start());
-                // SAFETY: rows r0..r0+8 lie in `w.data` (r0 + 8 <= range.end <= rows),
-                // `cr`/`sr` hold one row's nb blocks, `out` holds 8 floats; the kernel
-                // was selected from the usable CPU features; `next` is only prefetched.
-                unsafe {
-                    let (a, d, o) = (cr.as_ptr(), sr.as_ptr(), out.as_mut_ptr());
-                    match kernel {
-                        Q8Kernel::Avx512Vnni => x86::gemv8_avx512vnni(wl, nb, a, d, o, next),
-                        Q8Kernel::AvxVnni => x86::gemv8_avxvnni(wl, nb, a, d, o, next),
-                        _ => x86::gemv8_avx2(wl, nb, a, d, o, next),
-                    }
-                }
-                for (k, &v) in out.iter().enumerate() {
-                    // SAFETY: this task owns columns `range` of every output row.
-                    unsafe { y.write(i * rows + r0 + k, v) };
-                }
-            }
-            for r in r8_end..range.end {
-                // SAFETY: as above.
-                unsafe { y.write(i * rows + r, w.dot_q8(r, cr, sr)) };
-            }
-        }
-    }
-
-    /// Packed-group GEMM over weight rows `range`: chunks of activation groups that fit
-    /// L2, and within a chunk, tiles of 4 weight rows against each group.
-    #[inline(always)]
-    fn gemm<L: QRows>(
-        kernel: Q8Kernel,
-        w: &Weights<'_>,
-        at: &impl Fn(usize) -> L,
-        acts: &QuantActs<'_>,
-        range: Range<usize>,
-        y: &SharedMut<'_, f32>,
-    ) {
-        let &QuantActs {
-            lay, codes, scales, ..
-        } = acts;
-        let (rows, cols) = (w.rows, w.cols);
-        let nb = cols / QK;
-        let g = lay.group;
-        let (gstride, sstride) = (g * cols, g * nb);
-        let chunk = (ACT_CHUNK_BYTES / gstride.max(1)).max(2);
-        let r4_end = range.start + (range.end - range.start) / 4 * 4;
-        let mut g0 = 0;
-        while g0 < lay.full {
-            let g1 = (g0 + chunk).min(lay.full);
-            let mut r = range.start;
-            while r < range.end {
-                let tile = if r < r4_end { 4 } else { 1 };
-                let wl = at(r);
-                let mut gi = g0;
-                while gi < g1 {
-                    let pa = codes[gi * gstride..].as_ptr();
-                    let ps = scales[gi * sstride..].as_ptr();
-                    let pair = kernel == Q8Kernel::Avx512Vnni && gi + 1 < g1;
-                    // SAFETY: rows r..r+tile lie in `w.data`; groups gi (and gi+1 for a
-                    // pair) lie in the packed part of `codes`/`scales` (gi + 1 < g1 <=
-                    // full); the kernel was selected from the usable CPU features and
-                    // the codes are offset exactly for the VNNI kernels (`lay`).
-                    let t = Tile {
-                        w: wl,
-                        nb,
-                        codes: pa,
-                        code_stride: gstride,
-                        scales: ps,
-                        scale_stride: sstride,
-                    };
-                    let out = unsafe { tile_out(kernel, tile, pair, &t) };
-                    let groups = if pair { 2 } else { 1 };
-                    // Activation row outer: the tile's `tile` outputs of one activation
-                    // row are adjacent in `y`, so each goes out as one short run (one
-                    // bounds check) instead of `tile` strided stores.
-                    for k in 0..groups * g {
-                        let base = (gi * g + k) * rows + r;
-                        // SAFETY: this task owns columns `range` of every output row, and
-                        // r..r+tile lies in `range`.
-                        if let Some(dst) = unsafe { y.slice(base..base + tile) } {
-                            for (d, row_out) in dst.iter_mut().zip(&out) {
-                                *d = row_out[k];
-                            }
-                        }
-                    }
-                    gi += groups;
-                }
-                r += tile;
-            }
-            g0 = g1;
-        }
-    }
-
-    /// What one GEMM tile reads: weight rows from `w` (`nb` blocks each), and packed
-    /// activation groups at `codes` / `scales`, the next group `code_stride` bytes /
-    /// `scale_stride` scales further.
-    struct Tile<L> {
-        w: L,
-        nb: usize,
-        codes: *const u8,
-        code_stride: usize,
-        scales: *const f32,
-        scale_stride: usize,
-    }
-
-    /// One tile's outputs (`tile` weight rows, one group or a `pair`), `out[row][lane]`
-    /// with lanes of up to two groups.
-    ///
-    /// # Safety
-    ///
-    /// See the call in [`gemm`].
-    #[inline]
-    unsafe fn tile_out<L: QRows>(
-        kernel: Q8Kernel,
-        tile: usize,
-        pair: bool,
-        t: &Tile<L>,
-    ) -> [[f32; 32]; 4] {
-        let &Tile {
-            w: wl,
-            nb,
-            codes: pa,
-            code_stride: gstride,
-            scales: ps,
-            scale_stride: sstride,
-        } = t;
-        let mut out = [[0f32; 32]; 4];
-        let put8 = |out: &mut [[f32; 32]; 4], src: &[[f32; 8]]| {
-            for (o, s) in out.iter_mut().zip(src) {
-                o[..8].copy_from_slice(s);
-            }
-        };
-        // SAFETY: forwarded preconditions.
-        unsafe {
-            match (kernel, tile, pair) {
-                (Q8Kernel::Avx512Vnni, 4, true) => {
-                    let t = x86::gemm_avx512vnni::<L, 4, 2>(wl, nb, pa, gstride, ps, sstride);
-                    for (o, s) in out.iter_mut().zip(&t) {
-                        o[..16].copy_from_slice(&s[0]);
-                        o[16..].copy_from_slice(&s[1]);
-                    }
-                }
-                (Q8Kernel::Avx512Vnni, 4, false) => {
-                    let t = x86::gemm_avx512vnni::<L, 4, 1>(wl, nb, pa, gstride, ps, sstride);
-                    for (o, s) in out.iter_mut().zip(&t) {
-                        o[..16].copy_from_slice(&s[0]);
-                    }
-                }
-                (Q8Kernel::Avx512Vnni, _, true) => {
-                    let t = x86::gemm_avx512vnni::<L, 1, 2>(wl, nb, pa, gstride, ps, sstride);
-                    out[0][..16].copy_from_slice(&t[0][0]);
-                    out[0][16..].copy_from_slice(&t[0][1]);
-                }
-                (Q8Kernel::Avx512Vnni, _, false) => {
-                    let t = x86::gemm_avx512vnni::<L, 1, 1>(wl, nb, pa, gstride, ps, sstride);
-                    out[0][..16].copy_from_slice(&t[0][0]);
-                }
-                (Q8Kernel::AvxVnni, 4, _) => put8(&mut out, &x86::gemm_avxvnni_4(wl, nb, pa, ps)),
-                (Q8Kernel::AvxVnni, _, _) => put8(&mut out, &x86::gemm_avxvnni_1(wl, nb, pa, ps)),
-                (_, 4, _) => put8(&mut out, &x86::gemm_avx2_4(wl, nb, pa, ps)),
-                _ => put8(&mut out, &x86::gemm_avx2_1(wl, nb, pa, ps)),
-            }
-        }
-        out
-    }
-}
-
 /// f32-arithmetic outputs (F32/F16/BF16/FP8 weights) for weight rows `range` and all
 /// `n` activation rows of `x`, each equal to the reference's `dot_f32(decoded row, x)`.
 pub(crate) fn f32_rows(
@@ -567,7 +286,7 @@ pub(crate) fn f32_rows(
 ) {
     #[cfg(target_arch = "x86_64")]
     if matches!(kernel, F32Kernel::Avx2 | F32Kernel::Avx512) {
-        x86_f32::rows(kernel == F32Kernel::Avx512, w, x, n, range, y);
+        crate::kernels::arch::x86_64::f32::rows(kernel == F32Kernel::Avx512, w, x, n, range, y);
         return;
     }
     let _ = kernel;
@@ -631,168 +350,4 @@ pub(crate) fn dot_decoded(dtype: DType, row: &[u8], x: &[f32]) -> f32 {
         }
     }
     tree16(&mut acc) + tail
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86_f32 {
-    //! Driver for the f32-arithmetic tiles (AVX2, or AVX-512 with the same bits): 4 weight
-    //! rows x 1 activation row for matrix-vector products, 2 x 2 otherwise, single rows
-    //! for the remainders.
-    use super::*;
-    use crate::kernels::x86::{
-        self, DBF16, DE4M3, DE5M2, DF16, DF32, DMxFp8, DQ8, DQ8Rows4, Decode16,
-    };
-    use glimpse_quant::layout::ROWS4;
-
-    pub(super) fn rows(
-        avx512: bool,
-        w: &Weights<'_>,
-        x: &[f32],
-        n: usize,
-        range: Range<usize>,
-        y: &SharedMut<'_, f32>,
-    ) {
-        match w.dtype {
-            DType::F32 => rows_as::<DF32>(avx512, w, x, n, range, y),
-            DType::F16 => rows_as::<DF16>(avx512, w, x, n, range, y),
-            DType::BF16 => rows_as::<DBF16>(avx512, w, x, n, range, y),
-            DType::E4M3 => rows_as::<DE4M3>(avx512, w, x, n, range, y),
-            DType::E5M2 => rows_as::<DE5M2>(avx512, w, x, n, range, y),
-            DType::MxFp8 => rows_as::<DMxFp8>(avx512, w, x, n, range, y),
-            DType::Q8_0 if w.layout == TensorLayout::Q8Rows4 => {
-                rows_as::<DQ8Rows4>(avx512, w, x, n, range, y)
-            }
-            DType::Q8_0 => rows_as::<DQ8>(avx512, w, x, n, range, y),
-            _ => {}
-        }
-    }
-
-    /// One tile at the chosen width.
-    ///
-    /// # Safety
-    ///
-    /// As [`x86::f32_tile_avx2`]; with `avx512`, the CPU implements AVX-512F.
-    #[inline(always)]
-    unsafe fn tile<D: Decode16, const R: usize, const A: usize>(
-        avx512: bool,
-        w: *const u8,
-        rb: usize,
-        x: *const f32,
-        xs: usize,
-        chunks: usize,
-    ) -> [[f32; A]; R] {
-        // SAFETY: forwarded preconditions.
-        unsafe {
-            if avx512 {
-                x86::f32_tile_avx512::<D, R, A>(w, rb, x, xs, chunks)
-            } else {
-                x86::f32_tile_avx2::<D, R, A>(w, rb, x, xs, chunks)
-            }
-        }
-    }
-
-    fn rows_as<D: Decode16>(
-        avx512: bool,
-        w: &Weights<'_>,
-        x: &[f32],
-        n: usize,
-        range: Range<usize>,
-        y: &SharedMut<'_, f32>,
-    ) {
-        let (rows, cols) = (w.rows, w.cols);
-        if range.end > rows || x.len() < n * cols || w.check().is_err() {
-            return;
-        }
-        // Where a tile's first row lies, and the distance between its rows: plain rows
-        // are `row_bytes` apart; four-row groups use DQ8Rows4's encoding (the group's
-        // address plus the slot, rows 1 apart). Ranges start on a multiple of 4, tiles
-        // hold 4, 2 or 1 rows, so a tile never straddles a group.
-        let grouped = w.layout == TensorLayout::Q8Rows4;
-        if grouped && !range.start.is_multiple_of(ROWS4) {
-            return;
-        }
-        let (rb, gb) = if grouped {
-            (1, w.group_bytes())
-        } else {
-            (w.row_bytes(), 0)
-        };
-        let base = w.data.as_ptr();
-        let row_at = |r: usize| {
-            if grouped {
-                base.wrapping_add(r / ROWS4 * gb + r % ROWS4)
-            } else {
-                base.wrapping_add(r * rb)
-            }
-        };
-        let chunks = cols / 16;
-        let full = chunks * 16;
-        let (rt, at) = if n == 1 { (4, 1) } else { (2, 2) };
-        let mut r = range.start;
-        while r < range.end {
-            let tr = if range.end - r >= rt { rt } else { 1 };
-            let mut i = 0;
-            while i < n {
-                let ta = if n - i >= at { at } else { 1 };
-                let wp = row_at(r);
-                let xp = x[i * cols..].as_ptr();
-                let mut out = [[0f32; 2]; 4];
-                // SAFETY: rows r..r+tr lie in `w.data` and activation rows i..i+ta in
-                // `x`, each with `cols >= 16·chunks` values (for block formats cols is a
-                // multiple of 32); AVX2 and F16C (and AVX-512F with `avx512`) are usable
-                // (the kernel was selected from the usable features).
-                unsafe {
-                    match (tr, ta) {
-                        (4, _) => {
-                            let t = tile::<D, 4, 1>(avx512, wp, rb, xp, cols, chunks);
-                            for (o, v) in out.iter_mut().zip(&t) {
-                                o[0] = v[0];
-                            }
-                        }
-                        (2, 2) => {
-                            let t = tile::<D, 2, 2>(avx512, wp, rb, xp, cols, chunks);
-                            out[0] = t[0];
-                            out[1] = t[1];
-                        }
-                        (1, 2) => {
-                            let t = tile::<D, 1, 2>(avx512, wp, rb, xp, cols, chunks);
-                            out[0] = t[0];
-                        }
-                        (2, _) => {
-                            let t = tile::<D, 2, 1>(avx512, wp, rb, xp, cols, chunks);
-                            out[0][0] = t[0][0];
-                            out[1][0] = t[1][0];
-                        }
-                        _ => {
-                            let t = tile::<D, 1, 1>(avx512, wp, rb, xp, cols, chunks);
-                            out[0][0] = t[0][0];
-                        }
-                    }
-                }
-                for (dr, o) in out.iter().enumerate().take(tr) {
-                    let wrow = w.row(r + dr).unwrap_or_default();
-                    for (da, &v) in o.iter().enumerate().take(ta) {
-                        let xr = &x[(i + da) * cols..(i + da + 1) * cols];
-                        let mut tail = 0f32;
-                        for (k, &xv) in xr.iter().enumerate().skip(full) {
-                            tail += value(w.dtype, wrow, k) * xv;
-                        }
-                        // SAFETY: this task owns columns `range` of every output row.
-                        unsafe { y.write((i + da) * rows + r + dr, v + tail) };
-                    }
-                }
-                i += ta;
-            }
-            r += tr;
-        }
-    }
-
-    /// Value `k` of a stored row (only the element formats have tails past 16·chunks).
-    fn value(dtype: DType, row: &[u8], k: usize) -> f32 {
-        let size = dtype.block_bytes();
-        let mut v = [0f32; 1];
-        if let Some(b) = row.get(k * size..(k + 1) * size) {
-            decode_row(dtype, b, &mut v);
-        }
-        v[0]
-    }
 }

@@ -17,7 +17,7 @@
 //! weight row outer, activation row inner, so every weight row is read and decoded once
 //! per call whatever `n` is.
 //!
-//! The SIMD kernels (`gemm.rs` drivers, `x86.rs` instructions) compute each output with
+//! The SIMD kernels (`gemm.rs` dispatch, `arch/` drivers and instructions) compute each output with
 //! exactly the reference's sequence of roundings, so every kernel and every executor
 //! gives the same bits: [`linear`] and [`linear_many`] take both choices in a
 //! [`Ctx`].
@@ -31,6 +31,7 @@ use glimpse_hal::Executor;
 
 use crate::error::{Dims, Error, tensor_name};
 use crate::image::TensorView;
+use crate::kernels::arch;
 use crate::kernels::cpu::{F32Kernel, Q8Kernel};
 use crate::kernels::gemm::{self, ActLayout, QuantActs};
 use crate::kernels::math::same_len;
@@ -720,14 +721,8 @@ fn matmul_q8_0(
 /// after block. Every Q8_0 kernel reproduces this sequence of roundings.
 #[inline(always)]
 pub(crate) fn dot_q8_row(wrow: &[u8], codes: &[u8], scales: &[f32]) -> f32 {
-    // On 32-bit Arm the block length is hidden from the optimiser: a loop of known length
-    // 32 is unrolled into 4-lane `vldrb.s32`/`vmlava.u32` on Helium (4 MACs an
-    // instruction), while an opaque length gives the tail-predicated `vldrb.8` /
-    // `vmlava.s8` loop (16 MACs an instruction). Elsewhere the constant is better.
-    #[cfg(target_arch = "arm")]
-    let qk = core::hint::black_box(QK);
-    #[cfg(not(target_arch = "arm"))]
-    let qk = QK;
+    // The block length as the target's vector unit wants it (opaque on Helium).
+    let qk = arch::q8_block_len();
     let (wblocks, _) = wrow.as_chunks::<B34>();
     let (ablocks, _) = codes.as_chunks::<QK>();
     let mut acc = 0f32;
@@ -747,10 +742,7 @@ pub(crate) fn dot_q8_row(wrow: &[u8], codes: &[u8], scales: &[f32]) -> f32 {
 /// the same blocks in the same order, so the same bits.
 #[inline(always)]
 pub(crate) fn dot_q8_rows4(group: &[u8], slot: usize, codes: &[u8], scales: &[f32]) -> f32 {
-    #[cfg(target_arch = "arm")]
-    let qk = core::hint::black_box(QK);
-    #[cfg(not(target_arch = "arm"))]
-    let qk = QK;
+    let qk = arch::q8_block_len();
     let (recs, _) = group.as_chunks::<ROWS4_BLOCK_BYTES>();
     let (ablocks, _) = codes.as_chunks::<QK>();
     let mut acc = 0f32;

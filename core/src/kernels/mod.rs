@@ -5,9 +5,12 @@
 //!
 //! Every kernel has a plain scalar version, written as slice loops over fixed-size chunks
 //! so LLVM can vectorise it, that checks every length up front so the loops themselves
-//! cannot fail. SIMD versions ([`x86`] on x86_64, `sdot` through `dotprod` on aarch64)
-//! are chosen at run time from [`cpu::Cpu::active`] and give the same results to the bit.
+//! cannot fail. SIMD versions (one folder per architecture under `arch/`: x86_64
+//! intrinsics, aarch64 `dotprod`, Cortex-M Helium) are chosen from the features in a
+//! [`Ctx`] and give the same results to the bit. Each kernel has one public entry point,
+//! taking a [`Ctx`].
 
+mod arch;
 pub mod attention;
 pub mod conv;
 pub mod cpu;
@@ -15,8 +18,6 @@ mod gemm;
 pub mod linear;
 pub mod math;
 pub mod par;
-#[cfg(target_arch = "x86_64")]
-pub mod x86;
 
 use glimpse_quant::DType;
 

@@ -621,13 +621,14 @@ pub unsafe fn gemm_avx512vnni<L: QRows, const R: usize, const A: usize>(
 }
 
 /// Quantize one block of 32 activations to Q8_0 codes exactly as
-/// [`quantize_act_q8_0`](super::linear::quantize_act_q8_0) does (same amax, same f16
+/// [`quantize_act_q8_0`](crate::kernels::linear::quantize_act_q8_0) does (same amax, same f16
 /// scale, same clamp, truncation and half-away-from-zero step), returning the codes (in
 /// order, as bytes) and the scale.
 ///
 /// # Safety
 ///
 /// AVX2 and F16C; 32 readable floats at `x`.
+#[cfg(test)]
 #[target_feature(enable = "avx2,f16c")]
 pub unsafe fn quantize_block_avx2(x: *const f32) -> (__m256i, f32) {
     // SAFETY: forwarded preconditions.
@@ -689,7 +690,7 @@ unsafe fn quantize_block(x: *const f32) -> (__m256i, f32) {
 }
 
 /// Quantize `nb` blocks at `x` into plain codes at `codes` (`nb·32` bytes) and scales at
-/// `scales` (`nb`), as [`quantize_act_q8_0`](super::linear::quantize_act_q8_0) does.
+/// `scales` (`nb`), as [`quantize_act_q8_0`](crate::kernels::linear::quantize_act_q8_0) does.
 ///
 /// # Safety
 ///
