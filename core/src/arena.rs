@@ -186,9 +186,74 @@ impl<'a> Arena<'a> {
     }
 }
 
+/// The buffers a [`Scratch`] carves: its f32 ones, then its byte ones.
+pub type Buffers<'a, const F: usize, const B: usize> = ([&'a mut [f32]; F], [&'a mut [u8]; B]);
+
+/// The scratch buffers one layer takes, declared once: `F` f32 buffers and `B` byte
+/// buffers, in the order they are carved. The planner adds up [`Scratch::padded_bytes`]
+/// and the layer's `forward` takes [`Scratch::carve`] of the same value, so what is
+/// planned and what runs cannot drift apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scratch<const F: usize, const B: usize> {
+    /// Lengths of the f32 buffers.
+    pub f32s: [usize; F],
+    /// Lengths of the byte buffers.
+    pub bytes: [usize; B],
+}
+
+impl<const F: usize, const B: usize> Scratch<F, B> {
+    /// Bytes the buffers take from an arena whose free space starts on an [`ALIGN`]
+    /// boundary.
+    pub fn padded_bytes(&self) -> usize {
+        let f = self.f32s.iter().fold(0usize, |acc, &n| {
+            acc.saturating_add(padded(n.saturating_mul(4)))
+        });
+        self.bytes
+            .iter()
+            .fold(f, |acc, &n| acc.saturating_add(padded(n)))
+    }
+
+    /// Carve the buffers (zeroed) from `arena`, f32 ones first.
+    pub fn carve<'a>(&self, arena: &mut Arena<'a>) -> Result<Buffers<'a, F, B>, Error> {
+        let mut f: [&'a mut [f32]; F] = core::array::from_fn(|_| <&mut [f32]>::default());
+        for (slot, &n) in f.iter_mut().zip(&self.f32s) {
+            *slot = arena.f32s(n)?;
+        }
+        let mut b: [&'a mut [u8]; B] = core::array::from_fn(|_| <&mut [u8]>::default());
+        for (slot, &n) in b.iter_mut().zip(&self.bytes) {
+            *slot = arena.bytes(n)?;
+        }
+        Ok((f, b))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scratch_carves_what_it_declares() {
+        let mut buf = [0u8; 2048];
+        let mut arena = Arena::new(&mut buf);
+        let head = arena.head_padding();
+        let s = Scratch {
+            f32s: [3, 0, 17],
+            bytes: [5, 130],
+        };
+        let ([a, z, c], [d, e]) = s.carve(&mut arena).unwrap();
+        assert_eq!(
+            (a.len(), z.len(), c.len(), d.len(), e.len()),
+            (3, 0, 17, 5, 130)
+        );
+        assert_eq!(arena.used(), head + s.padded_bytes());
+        // 3 and 17 f32s, 5 and 130 bytes, each padded to 64; the empty one takes nothing.
+        assert_eq!(s.padded_bytes(), 64 + 128 + 64 + 192);
+        let big = Scratch {
+            f32s: [1000],
+            bytes: [],
+        };
+        assert!(big.carve(&mut arena).is_err());
+    }
 
     #[test]
     fn allocations_are_aligned_disjoint_and_counted() {

@@ -4,7 +4,7 @@
 
 use glimpse_quant::schema::ProjectorConfig;
 
-use crate::arena::{ALIGN, Arena, padded};
+use crate::arena::{ALIGN, Arena, Scratch};
 use crate::error::Error;
 use crate::image::Model;
 
@@ -55,10 +55,18 @@ impl<'a> Projector<'a> {
     /// Bytes of work [`Projector::forward`] takes from an arena whose free space starts
     /// on an [`ALIGN`] boundary (what a planned work region must hold).
     pub fn padded_bytes(&self, tokens: usize) -> usize {
-        let hidden = tokens.saturating_mul(self.cfg.hidden_dim as usize);
-        let lin =
-            tiled_scratch_bytes(&self.fc1, tokens).max(tiled_scratch_bytes(&self.fc2, tokens));
-        padded(hidden.saturating_mul(4)).saturating_add(padded(lin))
+        self.scratch(tokens).padded_bytes()
+    }
+
+    /// The work buffers for `tokens` tokens, declared once: the hidden layer and the
+    /// linear scratch.
+    fn scratch(&self, tokens: usize) -> Scratch<1, 1> {
+        Scratch {
+            f32s: [tokens.saturating_mul(self.cfg.hidden_dim as usize)],
+            bytes: [
+                tiled_scratch_bytes(&self.fc1, tokens).max(tiled_scratch_bytes(&self.fc2, tokens))
+            ],
+        }
     }
 
     /// Arena bytes [`Projector::forward`] needs for `tokens` tokens, for an arena of any
@@ -103,10 +111,7 @@ impl<'a> Projector<'a> {
         want("projector output", tokens * self.out_dim(), out.len())?;
         arena.check(self.padded_bytes(tokens))?;
         arena.scope(|a| {
-            let hidden = a.f32s(tokens * self.cfg.hidden_dim as usize)?;
-            let lin = a.bytes(
-                tiled_scratch_bytes(&self.fc1, tokens).max(tiled_scratch_bytes(&self.fc2, tokens)),
-            )?;
+            let ([hidden], [lin]) = self.scratch(tokens).carve(a)?;
             linear_tiled(ctx, &self.fc1, Some(&self.fc1_b), features, hidden, lin)?;
             gelu_inplace(ctx, hidden);
             linear_tiled(ctx, &self.fc2, Some(&self.fc2_b), hidden, out, lin)

@@ -11,12 +11,16 @@ use super::{
     Shape, Work, block_prefix, kept, linear_tiled, matrix, prefix_mut, tile_pixels,
     tiled_scratch_bytes, vector,
 };
-use crate::arena::{ALIGN, Arena};
+use crate::arena::{Arena, Scratch, padded};
 use crate::error::Error;
 use crate::image::Model;
 
 use crate::kernels::attention::{PackedQkv, self_attention};
 use crate::kernels::{Ctx, Vector, Weights, linear};
+
+/// Most tasks the attention of one block is split into (each needs its own scratch
+/// copy, about 50 KB at FastViTHD's head width).
+pub const MAX_ATTENTION_TASKS: usize = 8;
 
 /// One attention block.
 #[derive(Debug, Clone, Copy)]
@@ -91,16 +95,45 @@ impl<'a> AttentionBlock<'a> {
         tiled_scratch_bytes(&self.qkv, n).max(tiled_scratch_bytes(&self.proj, n))
     }
 
-    /// Scratch taken from the work region.
+    /// The attention half's work-region buffers with `copies` copies of the attention
+    /// scratch: the norm weight, bias and layer scale decoded, one tile of the output
+    /// projection, the attention scratch, the linear scratch.
+    fn mhsa_scratch(&self, shape: Shape, copies: usize) -> Scratch<3, 1> {
+        let (n, c) = (shape.pixels(), self.dim);
+        Scratch {
+            f32s: [
+                3 * c,
+                n.min(tile_pixels(c)) * c,
+                self.layout(shape).scratch_floats() * copies,
+            ],
+            bytes: [self.linear_scratch(n)],
+        }
+    }
+
+    /// Copies of the attention scratch the block takes, declared with the plan: one per
+    /// task that can share the (head, query block) pairs, as many as fit in what the
+    /// block's ConvFFN makes the work region hold anyway (so the plan does not grow), at
+    /// least one and at most [`MAX_ATTENTION_TASKS`]. Fixed by the shapes alone, so a
+    /// run takes the same bytes on every executor.
+    fn attention_copies(&self, shape: Shape) -> usize {
+        let one = self.mhsa_scratch(shape, 1).padded_bytes();
+        let ffn = self.ffn.work(shape, &FfnInput::Identity).0;
+        let per = self.layout(shape).scratch_floats().saturating_mul(4).max(1);
+        // The copies are one buffer: `k` of them fit while `base + padded(k·per)` stays
+        // within the ConvFFN's bytes (every term is a multiple of ALIGN, so padding
+        // cannot push a fitting size over).
+        let base = one.saturating_sub(padded(per));
+        let k = ffn.saturating_sub(base) / per;
+        k.clamp(1, MAX_ATTENTION_TASKS)
+    }
+
+    /// Scratch taken from the work region: the larger of the two halves.
     pub(crate) fn work(&self, shape: Shape) -> Work {
-        let n = shape.pixels();
-        let c = self.dim;
-        let mhsa = Work::default()
-            .f32s(self.layout(shape).scratch_floats())
-            .f32s(3 * c)
-            .f32s(n.min(tile_pixels(c)) * c)
-            .bytes(self.linear_scratch(n));
-        Work(mhsa.0.max(self.ffn.work(shape, &FfnInput::Identity).0))
+        let mhsa = self.mhsa_scratch(shape, self.attention_copies(shape));
+        Work(
+            mhsa.padded_bytes()
+                .max(self.ffn.work(shape, &FfnInput::Identity).0),
+        )
     }
 
     /// Values of `other` the block uses: the normalized input and then the attention
@@ -133,19 +166,10 @@ impl<'a> AttentionBlock<'a> {
             let x = prefix_mut(x, shape.len())?;
             let (t, qkv) = prefix_mut(other, self.other_floats(shape))?.split_at_mut(n * c);
             arena.scope(|a| {
-                let params = a.f32s(3 * c)?;
                 let tile_px = tile_pixels(c);
-                let tile = a.f32s(n.min(tile_px) * c)?;
-                let lin = a.bytes(self.linear_scratch(n))?;
-                // The attention scratch last: one copy is planned; a copy per further task
-                // of the executor comes out of what the work region has to spare here
-                // (its size is set by larger layers, such as this block's ConvFFN), so
-                // the plan does not grow and a single-task port takes just the one.
-                let per = layout.scratch_floats();
-                let tasks = ctx.exec.parallelism().max(1);
-                let spare = a.remaining().saturating_sub(ALIGN) / 4 / per.max(1);
-                let copies = spare.clamp(1, tasks);
-                let attn_scratch = a.f32s(per * copies)?;
+                let copies = self.attention_copies(shape);
+                let ([params, tile, attn_scratch], [lin]) =
+                    self.mhsa_scratch(shape, copies).carve(a)?;
                 let (nw, rest) = params.split_at_mut(c);
                 let (nb, ls) = rest.split_at_mut(c);
                 self.norm_w.load(0, nw)?;

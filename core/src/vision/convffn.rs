@@ -16,7 +16,7 @@ use glimpse_quant::schema::VisionConfig;
 use super::{
     Shape, TILE_FLOATS, Work, find, kept, kernel_size, matrix, prefix_mut, scaled_residual, vector,
 };
-use crate::arena::Arena;
+use crate::arena::{Arena, Scratch};
 use crate::error::Error;
 use crate::image::Model;
 
@@ -129,17 +129,30 @@ impl<'a> ConvFfn<'a> {
         linear_scratch_bytes(&self.fc1, pixels).max(linear_scratch_bytes(&self.fc2, pixels))
     }
 
+    /// The work-region buffers for tiles of `rows` output rows, declared once: the conv
+    /// scratch, the window of `y` rows the depthwise conv reads, one tile of its output
+    /// (and of fc2's), one tile of the hidden layer, the layer scale decoded, and the
+    /// linear scratch.
+    fn scratch(&self, shape: Shape, input: &FfnInput<'_>, rows: usize) -> Scratch<5, 1> {
+        let px = rows * shape.width;
+        Scratch {
+            f32s: [
+                self.conv_scratch(shape, input),
+                (rows + self.kernel - 1) * shape.width * self.dim,
+                px * self.dim,
+                px * self.hidden,
+                self.dim,
+            ],
+            bytes: [self.linear_scratch(px)],
+        }
+    }
+
     /// Scratch taken from the work region for an activation of `shape`.
     pub(crate) fn work(&self, shape: Shape, input: &FfnInput<'_>) -> Work {
-        let rows = self.tile_rows(shape);
-        let px = rows * shape.width;
-        Work::default()
-            .f32s(self.conv_scratch(shape, input))
-            .f32s((rows + self.kernel - 1) * shape.width * self.dim)
-            .f32s(px * self.dim)
-            .f32s(px * self.hidden)
-            .f32s(self.dim)
-            .bytes(self.linear_scratch(px))
+        Work(
+            self.scratch(shape, input, self.tile_rows(shape))
+                .padded_bytes(),
+        )
     }
 
     /// Replace `x` (of `shape`) by `y + ls ⊙ ConvFFN(y)`, where `y` is `x` or a
@@ -186,12 +199,8 @@ impl<'a> ConvFfn<'a> {
         let tile_rows = tile_rows.clamp(1, h.max(1));
         let window_rows = tile_rows + self.kernel - 1;
         arena.scope(|a| {
-            let conv_scratch = a.f32s(self.conv_scratch(shape, &input))?;
-            let window = a.f32s(window_rows * row)?;
-            let d_buf = a.f32s(tile_rows * row)?;
-            let h_buf = a.f32s(tile_rows * w * self.hidden)?;
-            let scale = a.f32s(c)?;
-            let lin = a.bytes(self.linear_scratch(tile_rows * w))?;
+            let ([conv_scratch, window, d_buf, h_buf, scale], [lin]) =
+                self.scratch(shape, &input, tile_rows).carve(a)?;
             self.scale.load(0, scale)?;
 
             // y rows `ys .. ye` are in `window`.

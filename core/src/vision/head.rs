@@ -5,7 +5,7 @@
 use glimpse_quant::schema::VisionConfig;
 
 use super::{Shape, Work, find, kept, kernel_size, matrix, prefix, prefix_mut, vector};
-use crate::arena::Arena;
+use crate::arena::{Arena, Scratch};
 use crate::error::Error;
 use crate::image::Model;
 
@@ -109,12 +109,21 @@ impl<'a> Head<'a> {
         })
     }
 
+    /// The work-region buffers, declared once: the conv's scratch, the SE's channel
+    /// means, gate and hidden vector, and its linear scratch.
+    fn scratch(&self, shape: Shape) -> Scratch<2, 1> {
+        Scratch {
+            f32s: [
+                self.geometry(shape).scratch_floats(),
+                2 * self.out_dim + self.se_dim(),
+            ],
+            bytes: [self.linear_scratch()],
+        }
+    }
+
     /// Scratch taken from the work region.
     pub(crate) fn work(&self, shape: Shape) -> Work {
-        Work::default()
-            .f32s(self.geometry(shape).scratch_floats())
-            .f32s(2 * self.out_dim + self.se_dim())
-            .bytes(self.linear_scratch())
+        Work(self.scratch(shape).padded_bytes())
     }
 
     /// `out = GELU(SE(conv(x)))`.
@@ -139,9 +148,7 @@ impl<'a> Head<'a> {
         let out = prefix_mut(out, out_shape.len())?;
         let co = self.out_dim;
         arena.scope(|a| {
-            let scratch = a.f32s(g.scratch_floats())?;
-            let vecs = a.f32s(2 * co + self.se_dim())?;
-            let lin = a.bytes(self.linear_scratch())?;
+            let ([scratch, vecs], [lin]) = self.scratch(shape).carve(a)?;
             grouped_conv(
                 ctx,
                 &g,

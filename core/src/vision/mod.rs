@@ -14,8 +14,13 @@
 //! it). So nothing the reference holds transiently is ever stored at full size: not
 //! stem.0's output, not a ConvFFN hidden layer or its input, not an attention score
 //! matrix; at 1024² the largest buffer is the stage-0 activation itself.
-//! [`VisionEncoder::arena_bytes`] sums exactly what [`VisionEncoder::encode`] allocates,
-//! and `encode` checks the arena against it before it touches anything.
+//! Each layer declares its work buffers once, as a [`Scratch`](crate::arena::Scratch):
+//! its `work()` is that declaration's size and its `forward` carves that same
+//! declaration, and one walk over the layers serves both [`VisionEncoder::plan`] and
+//! [`VisionEncoder::stages`]. So [`VisionEncoder::arena_bytes`] is exactly what
+//! [`VisionEncoder::encode`] allocates (tests/tests/arena_plan.rs checks each phase's
+//! high-water mark against it, on one task and on a pool), and `encode` checks the arena
+//! against it before it touches anything.
 //!
 //! The run has three steps with different needs, which the session's arena planner
 //! exploits: [`VisionEncoder::stem`] reads the pixels and writes the first buffer (the
@@ -104,18 +109,10 @@ pub enum Tap {
 }
 
 /// Bytes of scratch a layer takes from the work region, added up the way the arena
-/// counts them (every buffer padded to the arena alignment).
+/// counts them (every buffer padded to the arena alignment): the
+/// [`Scratch::padded_bytes`](crate::arena::Scratch::padded_bytes) of what it declares.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Work(pub(crate) usize);
-
-impl Work {
-    pub(crate) fn f32s(self, n: usize) -> Self {
-        self.bytes(n.saturating_mul(4))
-    }
-    pub(crate) fn bytes(self, n: usize) -> Self {
-        Work(self.0.saturating_add(padded(n)))
-    }
-}
 
 /// Look a tensor up by its canonical name.
 pub(crate) fn find<'a>(
@@ -350,6 +347,63 @@ impl Slots {
     }
 }
 
+/// One step of [`VisionEncoder::walk`].
+#[derive(Clone, Copy)]
+enum Step<'s, 'a> {
+    /// Run this layer.
+    Layer(&'s Layer<'a>),
+    /// Stage `i` is done (its output is in the current buffer).
+    StageEnd(usize),
+}
+
+/// A layer of the stages.
+#[derive(Clone, Copy)]
+enum Layer<'a> {
+    /// A stage's downsampler: reads the current buffer, writes the other.
+    Down(PatchEmbed<'a>),
+    /// A positional encoding: reads the current buffer, writes the other.
+    Pos(RepCpe<'a>),
+    /// A RepMixer block, in place.
+    Mixer(RepMixerBlock<'a>),
+    /// An attention block, in place, with the other buffer as scratch.
+    Attention(AttentionBlock<'a>),
+}
+
+impl Layer<'_> {
+    /// Its declared work-region scratch for an input of `shape`.
+    fn work(&self, shape: Shape) -> Work {
+        match self {
+            Layer::Down(l) => l.work(shape),
+            Layer::Pos(l) => l.work(shape),
+            Layer::Mixer(l) => l.work(shape),
+            Layer::Attention(l) => l.work(shape),
+        }
+    }
+
+    /// Its output shape.
+    fn out_shape(&self, shape: Shape) -> Shape {
+        match self {
+            Layer::Down(l) => l.out_shape(shape),
+            _ => shape,
+        }
+    }
+
+    /// Values of the other buffer it uses.
+    fn other_floats(&self, shape: Shape) -> usize {
+        match self {
+            Layer::Down(l) => l.out_shape(shape).len(),
+            Layer::Pos(_) => shape.len(),
+            Layer::Mixer(_) => 0,
+            Layer::Attention(l) => l.other_floats(shape),
+        }
+    }
+
+    /// Whether its output lands in the other buffer (which then becomes the current one).
+    fn writes_other(&self) -> bool {
+        matches!(self, Layer::Down(_) | Layer::Pos(_))
+    }
+}
+
 impl<'a> VisionEncoder<'a> {
     /// The encoder of `image`, after checking that its config describes a FastViTHD the
     /// runtime can run and that every tensor it names exists with the implied shape and
@@ -362,24 +416,7 @@ impl<'a> VisionEncoder<'a> {
         enc.check_config()?;
         // Loading every layer checks every tensor.
         Stem::load(image, cfg)?;
-        for (i, st) in cfg.stages.iter().enumerate() {
-            if i > 0 {
-                PatchEmbed::load(image, i, stage_dim(cfg, i - 1), st.dim as usize)?;
-            }
-            if st.pos_emb {
-                RepCpe::load(image, cfg, i, st.dim as usize)?;
-            }
-            for b in 0..st.depth as usize {
-                match st.mixer {
-                    TokenMixer::RepMixer => {
-                        RepMixerBlock::load(image, cfg, i, b, st)?;
-                    }
-                    TokenMixer::Attention => {
-                        AttentionBlock::load(image, cfg, i, b, st)?;
-                    }
-                }
-            }
-        }
+        enc.walk(|_| Ok(()))?;
         Head::load(image, cfg)?;
         Ok(enc)
     }
@@ -497,8 +534,35 @@ impl<'a> VisionEncoder<'a> {
         }
     }
 
-    /// The arena plan for `resolution`: buffer sizes, found by walking the layers in the
-    /// order [`VisionEncoder::encode`] runs them.
+    /// Every layer of the stages in the order they run ([`Step::Layer`]), with
+    /// [`Step::StageEnd`] after each stage: the one list both [`VisionEncoder::plan`] and
+    /// [`VisionEncoder::stages`] go through.
+    fn walk(&self, mut f: impl FnMut(Step<'_, 'a>) -> Result<(), Error>) -> Result<(), Error> {
+        let (img, cfg) = (self.image, self.cfg);
+        for (i, st) in cfg.stages.iter().enumerate() {
+            let dim = st.dim as usize;
+            if i > 0 {
+                let pe = PatchEmbed::load(img, i, stage_dim(cfg, i - 1), dim)?;
+                f(Step::Layer(&Layer::Down(pe)))?;
+            }
+            if st.pos_emb {
+                f(Step::Layer(&Layer::Pos(RepCpe::load(img, cfg, i, dim)?)))?;
+            }
+            for b in 0..st.depth as usize {
+                f(Step::Layer(&match st.mixer {
+                    TokenMixer::RepMixer => Layer::Mixer(RepMixerBlock::load(img, cfg, i, b, st)?),
+                    TokenMixer::Attention => {
+                        Layer::Attention(AttentionBlock::load(img, cfg, i, b, st)?)
+                    }
+                }))?;
+            }
+            f(Step::StageEnd(i))?;
+        }
+        Ok(())
+    }
+
+    /// The arena plan for `resolution`: buffer sizes, from each layer's declared scratch
+    /// along the one walk over the layers that [`VisionEncoder::stages`] runs too.
     pub fn plan(&self, resolution: usize) -> Result<VisionPlan, Error> {
         self.check_resolution(resolution)?;
         let (img, cfg) = (self.image, self.cfg);
@@ -511,31 +575,18 @@ impl<'a> VisionEncoder<'a> {
         slots.need_cur(shape.len());
         let stem_work = stem.work(resolution).0;
         let mut work = 0;
-        for (i, st) in cfg.stages.iter().enumerate() {
-            if i > 0 {
-                let pe = PatchEmbed::load(img, i, stage_dim(cfg, i - 1), st.dim as usize)?;
-                work = work.max(pe.work(shape).0);
-                shape = pe.out_shape(shape);
-                slots.need_other(shape.len());
-                slots.swap();
+        self.walk(|step| {
+            if let Step::Layer(layer) = step {
+                work = work.max(layer.work(shape).0);
+                let out = layer.out_shape(shape);
+                slots.need_other(layer.other_floats(shape));
+                if layer.writes_other() {
+                    slots.swap();
+                }
+                shape = out;
             }
-            if st.pos_emb {
-                work = work.max(RepCpe::load(img, cfg, i, st.dim as usize)?.work().0);
-                slots.need_other(shape.len());
-                slots.swap();
-            }
-            for b in 0..st.depth as usize {
-                let w = match st.mixer {
-                    TokenMixer::RepMixer => RepMixerBlock::load(img, cfg, i, b, st)?.work(shape),
-                    TokenMixer::Attention => {
-                        let block = AttentionBlock::load(img, cfg, i, b, st)?;
-                        slots.need_other(block.other_floats(shape));
-                        block.work(shape)
-                    }
-                };
-                work = work.max(w.0);
-            }
-        }
+            Ok(())
+        })?;
         let head = Head::load(img, cfg)?;
         let head_work = head.work(shape).0;
         let out = head.out_shape(shape);
@@ -662,35 +713,28 @@ impl<'a> VisionEncoder<'a> {
         work: &mut Arena<'_>,
         observe: &mut dyn FnMut(Tap, &[f32], Shape),
     ) -> Result<(Shape, usize), Error> {
-        let (img, cfg) = (self.image, self.cfg);
         let (mut cur, mut other) = (first, second);
         let mut which = 0;
-        for (i, st) in cfg.stages.iter().enumerate() {
-            if i > 0 {
-                let pe = PatchEmbed::load(img, i, stage_dim(cfg, i - 1), st.dim as usize)?;
-                shape = pe.forward(ctx, cur, other, shape, work)?;
-                core::mem::swap(&mut cur, &mut other);
-                which = 1 - which;
-            }
-            if st.pos_emb {
-                RepCpe::load(img, cfg, i, st.dim as usize)?
-                    .forward(ctx, cur, other, shape, work)?;
-                core::mem::swap(&mut cur, &mut other);
-                which = 1 - which;
-            }
-            for b in 0..st.depth as usize {
-                match st.mixer {
-                    TokenMixer::RepMixer => {
-                        RepMixerBlock::load(img, cfg, i, b, st)?.forward(ctx, cur, shape, work)?;
-                    }
-                    TokenMixer::Attention => {
-                        AttentionBlock::load(img, cfg, i, b, st)?
-                            .forward(ctx, cur, other, shape, work)?;
-                    }
+        self.walk(|step| {
+            match step {
+                Step::Layer(Layer::Down(pe)) => {
+                    shape = pe.forward(ctx, cur, other, shape, work)?;
                 }
+                Step::Layer(Layer::Pos(pos)) => pos.forward(ctx, cur, other, shape, work)?,
+                Step::Layer(Layer::Mixer(block)) => block.forward(ctx, cur, shape, work)?,
+                Step::Layer(Layer::Attention(block)) => {
+                    block.forward(ctx, cur, other, shape, work)?;
+                }
+                Step::StageEnd(i) => observe(Tap::Stage(i), prefix(cur, shape.len())?, shape),
             }
-            observe(Tap::Stage(i), prefix(cur, shape.len())?, shape);
-        }
+            if let Step::Layer(layer) = step
+                && layer.writes_other()
+            {
+                core::mem::swap(&mut cur, &mut other);
+                which = 1 - which;
+            }
+            Ok(())
+        })?;
         Ok((shape, which))
     }
 

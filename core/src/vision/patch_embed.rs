@@ -6,7 +6,7 @@ use super::{
     Shape, Work, find, kept, kernel_size, linear_tiled, matrix, prefix, prefix_mut, tile_pixels,
     tiled_scratch_bytes, vector,
 };
-use crate::arena::Arena;
+use crate::arena::{Arena, Scratch};
 use crate::error::Error;
 use crate::image::Model;
 
@@ -94,14 +94,22 @@ impl<'a> PatchEmbed<'a> {
         (tile_pixels(self.out_dim) / out.width.max(1)).clamp(1, out.height.max(1))
     }
 
+    /// The work-region buffers for tiles of `rows` output rows, declared once: the
+    /// large-kernel conv's scratch, one tile of its output, the pointwise linear's
+    /// scratch.
+    fn scratch(&self, shape: Shape, rows: usize) -> Scratch<2, 1> {
+        let out = self.out_shape(shape);
+        let px = rows * out.width;
+        Scratch {
+            f32s: [self.geometry(shape).scratch_floats(), px * self.out_dim],
+            bytes: [tiled_scratch_bytes(&self.pw, px)],
+        }
+    }
+
     /// Scratch taken from the work region.
     pub(crate) fn work(&self, shape: Shape) -> Work {
-        let out = self.out_shape(shape);
-        let px = self.tile_rows(out) * out.width;
-        Work::default()
-            .f32s(self.geometry(shape).scratch_floats())
-            .f32s(px * self.out_dim)
-            .bytes(tiled_scratch_bytes(&self.pw, px))
+        let rows = self.tile_rows(self.out_shape(shape));
+        Work(self.scratch(shape, rows).padded_bytes())
     }
 
     /// Downsample `x` (of `shape`) into `out`, a tile of output rows at a time.
@@ -147,9 +155,7 @@ impl<'a> PatchEmbed<'a> {
         let rows = rows.clamp(1, out_shape.height.max(1));
         let row = out_shape.width * self.out_dim;
         arena.scope(|a| {
-            let scratch = a.f32s(g.scratch_floats())?;
-            let tile = a.f32s(rows * row)?;
-            let lin = a.bytes(tiled_scratch_bytes(&self.pw, rows * out_shape.width))?;
+            let ([scratch, tile], [lin]) = self.scratch(shape, rows).carve(a)?;
             for (t, dst) in out.chunks_mut(rows * row).enumerate() {
                 let r0 = t * rows;
                 let r1 = r0 + dst.len() / row;

@@ -5,7 +5,7 @@
 use glimpse_quant::schema::VisionConfig;
 
 use super::{Shape, Work, find, kept, kernel_size, prefix, prefix_mut};
-use crate::arena::Arena;
+use crate::arena::{Arena, Scratch};
 use crate::error::Error;
 use crate::image::Model;
 
@@ -60,14 +60,17 @@ impl<'a> RepCpe<'a> {
         }
     }
 
-    /// Scratch taken from the work region (the conv scratch of the widest chunk).
-    pub(crate) fn work(&self) -> Work {
-        let g = self.geometry(Shape {
-            height: 1,
-            width: 1,
-            channels: self.dim,
-        });
-        Work::default().f32s(g.scratch_floats())
+    /// The work-region buffers, declared once: the conv's scratch.
+    fn scratch(&self, shape: Shape) -> Scratch<1, 0> {
+        Scratch {
+            f32s: [self.geometry(shape).scratch_floats()],
+            bytes: [],
+        }
+    }
+
+    /// Scratch taken from the work region.
+    pub(crate) fn work(&self, shape: Shape) -> Work {
+        Work(self.scratch(shape).padded_bytes())
     }
 
     /// `out = dwconv(x) + b`.
@@ -83,7 +86,7 @@ impl<'a> RepCpe<'a> {
         let x = prefix(x, shape.len())?;
         let out = prefix_mut(out, shape.len())?;
         arena.scope(|a| {
-            let scratch = a.f32s(g.scratch_floats())?;
+            let ([scratch], []) = self.scratch(shape).carve(a)?;
             grouped_conv(
                 ctx,
                 &g,

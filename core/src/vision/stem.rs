@@ -12,7 +12,7 @@ use super::{
     Shape, Work, find, kept, kernel_size, linear_tiled, matrix, prefix, prefix_mut,
     tiled_scratch_bytes, vector,
 };
-use crate::arena::Arena;
+use crate::arena::{Arena, Scratch};
 use crate::error::Error;
 use crate::image::Model;
 
@@ -105,16 +105,26 @@ impl<'a> Stem<'a> {
         }
     }
 
-    /// Scratch taken from the work region.
-    pub(crate) fn work(&self, resolution: usize) -> Work {
+    /// The work-region buffers of one run, declared once: a window of `k1` rows of
+    /// stem.0's output, one row of stem.1's, the two convs' scratch, and the linear
+    /// scratch of stem.2 over one row.
+    fn scratch(&self, resolution: usize) -> Scratch<4, 1> {
         let (g0, g1) = self.geometry(resolution);
         let width = g1.out_width();
-        Work::default()
-            .f32s(self.k1 * g0.out_width() * self.dim)
-            .f32s(width * self.dim)
-            .f32s(g0.scratch_floats())
-            .f32s(g1.scratch_floats())
-            .bytes(tiled_scratch_bytes(&self.w2, width))
+        Scratch {
+            f32s: [
+                self.k1 * g0.out_width() * self.dim,
+                width * self.dim,
+                g0.scratch_floats(),
+                g1.scratch_floats(),
+            ],
+            bytes: [tiled_scratch_bytes(&self.w2, width)],
+        }
+    }
+
+    /// Scratch taken from the work region.
+    pub(crate) fn work(&self, resolution: usize) -> Work {
+        Work(self.scratch(resolution).padded_bytes())
     }
 
     /// Run the stem on planar `pixels` into `out`, one output row at a time.
@@ -132,11 +142,7 @@ impl<'a> Stem<'a> {
         let row0 = g0.out_width() * self.dim;
         let row1 = shape.width * self.dim;
         arena.scope(|a| {
-            let window = a.f32s(self.k1 * row0)?;
-            let mid = a.f32s(row1)?;
-            let s0 = a.f32s(g0.scratch_floats())?;
-            let s1 = a.f32s(g1.scratch_floats())?;
-            let lin = a.bytes(tiled_scratch_bytes(&self.w2, shape.width))?;
+            let ([window, mid, s0, s1], [lin]) = self.scratch(resolution).carve(a)?;
 
             // Rows `start .. start + filled` of stem.0's output are in `window`.
             let (mut start, mut filled) = (0usize, 0usize);
