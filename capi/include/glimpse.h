@@ -75,6 +75,14 @@
 // Alignment model bytes need (a mapped file or flash address is page-aligned).
 #define GLIMPSE_MODEL_ALIGN 16
 
+// Bytes of storage that hold a model handle on every target the library builds for
+// (`glimpse_model_size()` gives the exact figure, never more than this).
+#define GLIMPSE_MODEL_STORAGE_BYTES 2048
+
+// Bytes of storage that hold a session handle on every target the library builds for
+// (`glimpse_session_size()` gives the exact figure, never more than this).
+#define GLIMPSE_SESSION_STORAGE_BYTES 8192
+
 // `glimpse_frame.format`: 3 bytes per pixel, R, G, B.
 #define GLIMPSE_RGB888 0
 
@@ -86,8 +94,7 @@
 typedef struct glimpse_model glimpse_model;
 
 // A session: a model, a planned arena, a conversation and its KV cache, and an optional
-// frame stream. Opaque: it lives at the start of the arena given to
-// `glimpse_session_create`.
+// frame stream. Opaque: it lives in the storage given to `glimpse_session_create`.
 typedef struct glimpse_session glimpse_session;
 
 // How a session is planned and run. Get one from `glimpse_session_default_params()` and
@@ -205,8 +212,14 @@ int32_t glimpse_model_close(glimpse_model *model);
 // the prefix kept across frames, the host clock (none on bare metal).
 glimpse_session_params glimpse_session_default_params(void);
 
+// Bytes of storage a session handle needs (at `GLIMPSE_ALIGN`; at most
+// `GLIMPSE_SESSION_STORAGE_BYTES`).
+size_t glimpse_session_size(void);
+
 // The exact arena size (`*bytes`) a session of `params` on `model` needs, from a
-// `GLIMPSE_ALIGN`-aligned start.
+// `GLIMPSE_ALIGN`-aligned start: what `glimpse plan MODEL --max-frame S --max-prompt B
+// --context N --emit c` (with `--stream` when `keep_prefix` is set) prints as
+// `GLIMPSE_ARENA_BYTES` for the same values.
 //
 // # Safety
 //
@@ -215,17 +228,20 @@ int32_t glimpse_session_arena_size(const glimpse_model *model,
                                    const glimpse_session_params *params,
                                    size_t *bytes);
 
-// Create a session of `params` on `model` in `arena` (`arena_len` bytes from a
-// `GLIMPSE_ALIGN`-aligned start, at least what `glimpse_session_arena_size` says). The
-// session handle lives at the front of the arena; the arena and the model must outlive
-// it. Nothing is allocated.
+// Create a session of `params` on `model`: its handle in `storage` (`storage_len >=
+// glimpse_session_size()`, aligned to `GLIMPSE_ALIGN`), its buffers in `arena`
+// (`arena_len` bytes from a `GLIMPSE_ALIGN`-aligned start, at least what
+// `glimpse_session_arena_size` says). Storage, arena and model must outlive the
+// session. Nothing is allocated.
 //
 // # Safety
 //
-// `arena` points to `arena_len` writable bytes that live until the session is done with;
-// the other pointers are valid (or NULL, which is refused).
+// `storage` and `arena` point to that many writable bytes that live until the session
+// is closed; the other pointers are valid (or NULL, which is refused).
 int32_t glimpse_session_create(const glimpse_model *model,
                                const glimpse_session_params *params,
+                               void *storage,
+                               size_t storage_len,
                                void *arena,
                                size_t arena_len,
                                glimpse_session **out);

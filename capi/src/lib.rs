@@ -3,8 +3,8 @@
 //! cbindgen; `capi/README.md` shows the lifecycle in C).
 //!
 //! Nothing here allocates: a model handle is written into `glimpse_model_size()` bytes
-//! the caller gives, a session into the front of the arena the caller gives (the rest is
-//! the session's planned arena). The same code builds for a host (`std`: a thread pool, a
+//! the caller gives, a session handle into `glimpse_session_size()` bytes, and the
+//! session's buffers are its planned arena, also the caller's. The same code builds for a host (`std`: a thread pool, a
 //! clock, a thread-local error string) and for `thumbv8m.main-none-eabihf` and
 //! `aarch64-unknown-none` (`--no-default-features --features panic-handler`).
 //!
@@ -23,7 +23,7 @@ use core::mem::{align_of, size_of};
 use core::ptr;
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use glimpse_core::arena::{ALIGN, padded};
+use glimpse_core::arena::ALIGN;
 use glimpse_core::planner::ArenaPlan;
 use glimpse_core::preprocess::Frame;
 use glimpse_core::session::{ImageInput, Prompt, Report, Session, SessionOptions};
@@ -72,8 +72,16 @@ pub const GLIMPSE_ERR_INTERNAL: i32 = -12;
 /// Alignment of model-handle storage and of a session arena, in bytes.
 pub const GLIMPSE_ALIGN: usize = 64;
 const _: () = assert!(GLIMPSE_ALIGN == ALIGN && GLIMPSE_ALIGN >= align_of::<glimpse_session>());
+const _: () = assert!(size_of::<glimpse_model>() <= GLIMPSE_MODEL_STORAGE_BYTES);
+const _: () = assert!(size_of::<glimpse_session>() <= GLIMPSE_SESSION_STORAGE_BYTES);
 /// Alignment model bytes need (a mapped file or flash address is page-aligned).
 pub const GLIMPSE_MODEL_ALIGN: usize = 16;
+/// Bytes of storage that hold a model handle on every target the library builds for
+/// (`glimpse_model_size()` gives the exact figure, never more than this).
+pub const GLIMPSE_MODEL_STORAGE_BYTES: usize = 2048;
+/// Bytes of storage that hold a session handle on every target the library builds for
+/// (`glimpse_session_size()` gives the exact figure, never more than this).
+pub const GLIMPSE_SESSION_STORAGE_BYTES: usize = 8192;
 
 /// `glimpse_frame.format`: 3 bytes per pixel, R, G, B.
 pub const GLIMPSE_RGB888: u32 = 0;
@@ -116,8 +124,7 @@ impl core::fmt::Debug for glimpse_session {
 }
 
 /// A session: a model, a planned arena, a conversation and its KV cache, and an optional
-/// frame stream. Opaque: it lives at the start of the arena given to
-/// `glimpse_session_create`.
+/// frame stream. Opaque: it lives in the storage given to `glimpse_session_create`.
 pub struct glimpse_session {
     magic: u32,
     model: *const glimpse_model,
@@ -499,13 +506,17 @@ fn options(model: &Model<'_>, p: &glimpse_session_params) -> Result<SessionOptio
     Ok(o)
 }
 
-/// Bytes of session handle at the front of an arena.
-fn handle_bytes() -> usize {
-    padded(size_of::<glimpse_session>())
+/// Bytes of storage a session handle needs (at `GLIMPSE_ALIGN`; at most
+/// `GLIMPSE_SESSION_STORAGE_BYTES`).
+#[unsafe(no_mangle)]
+pub extern "C" fn glimpse_session_size() -> usize {
+    size_of::<glimpse_session>()
 }
 
 /// The exact arena size (`*bytes`) a session of `params` on `model` needs, from a
-/// `GLIMPSE_ALIGN`-aligned start.
+/// `GLIMPSE_ALIGN`-aligned start: what `glimpse plan MODEL --max-frame S --max-prompt B
+/// --context N --emit c` (with `--stream` when `keep_prefix` is set) prints as
+/// `GLIMPSE_ARENA_BYTES` for the same values.
 ///
 /// # Safety
 ///
@@ -534,32 +545,38 @@ pub unsafe extern "C" fn glimpse_session_arena_size(
     match ArenaPlan::new(&m.model, &plan_opts) {
         Ok(plan) => {
             // SAFETY: non-null, caller contract.
-            unsafe { *bytes = handle_bytes().saturating_add(plan.total()) };
+            unsafe { *bytes = plan.total() };
             GLIMPSE_OK
         }
         Err(e) => fail(&e),
     }
 }
 
-/// Create a session of `params` on `model` in `arena` (`arena_len` bytes from a
-/// `GLIMPSE_ALIGN`-aligned start, at least what `glimpse_session_arena_size` says). The
-/// session handle lives at the front of the arena; the arena and the model must outlive
-/// it. Nothing is allocated.
+/// Create a session of `params` on `model`: its handle in `storage` (`storage_len >=
+/// glimpse_session_size()`, aligned to `GLIMPSE_ALIGN`), its buffers in `arena`
+/// (`arena_len` bytes from a `GLIMPSE_ALIGN`-aligned start, at least what
+/// `glimpse_session_arena_size` says). Storage, arena and model must outlive the
+/// session. Nothing is allocated.
 ///
 /// # Safety
 ///
-/// `arena` points to `arena_len` writable bytes that live until the session is done with;
-/// the other pointers are valid (or NULL, which is refused).
+/// `storage` and `arena` point to that many writable bytes that live until the session
+/// is closed; the other pointers are valid (or NULL, which is refused).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn glimpse_session_create(
     model: *const glimpse_model,
     params: *const glimpse_session_params,
+    storage: *mut c_void,
+    storage_len: usize,
     arena: *mut c_void,
     arena_len: usize,
     out: *mut *mut glimpse_session,
 ) -> i32 {
-    if params.is_null() || arena.is_null() || out.is_null() {
-        return refuse(GLIMPSE_ERR_NULL, "params, arena and out must not be NULL");
+    if params.is_null() || storage.is_null() || arena.is_null() || out.is_null() {
+        return refuse(
+            GLIMPSE_ERR_NULL,
+            "params, storage, arena and out must not be NULL",
+        );
     }
     // SAFETY: non-null, caller contract.
     unsafe { *out = ptr::null_mut() };
@@ -567,10 +584,12 @@ pub unsafe extern "C" fn glimpse_session_create(
         Ok(m) => m,
         Err(code) => return code,
     };
-    if !(arena as usize).is_multiple_of(GLIMPSE_ALIGN) {
+    if !(arena as usize).is_multiple_of(GLIMPSE_ALIGN)
+        || !(storage as usize).is_multiple_of(GLIMPSE_ALIGN)
+    {
         return refuse(
             GLIMPSE_ERR_ALIGNMENT,
-            "the arena must start on a GLIMPSE_ALIGN boundary",
+            "the session storage and the arena must start on a GLIMPSE_ALIGN boundary",
         );
     }
     // SAFETY: non-null, caller contract.
@@ -579,10 +598,10 @@ pub unsafe extern "C" fn glimpse_session_create(
         Ok(o) => o,
         Err(code) => return code,
     };
-    let head = handle_bytes();
-    if arena_len < head {
+    if storage_len < size_of::<glimpse_session>() {
         set_last_error(format_args!(
-            "arena of {arena_len} bytes cannot hold the session handle ({head})"
+            "session storage holds {storage_len} bytes; glimpse_session_size() is {}",
+            size_of::<glimpse_session>()
         ));
         return GLIMPSE_ERR_ARENA;
     }
@@ -609,10 +628,9 @@ pub unsafe extern "C" fn glimpse_session_create(
         #[cfg(feature = "std")]
         host: glimpse_host::HostClock::new(),
     };
-    // SAFETY: `arena_len` writable bytes that outlive the session (caller contract);
-    // the first `head` hold the handle, the rest the session's arena.
+    // SAFETY: `arena_len` writable bytes that outlive the session (caller contract).
     let rest: &'static mut [u8] =
-        unsafe { core::slice::from_raw_parts_mut(arena.cast::<u8>().add(head), arena_len - head) };
+        unsafe { core::slice::from_raw_parts_mut(arena.cast::<u8>(), arena_len) };
     // SAFETY: the model handle outlives its sessions (caller contract; checked by id on
     // every call).
     let model_ref: &'static Model<'static> = unsafe { &*ptr::addr_of!((*model).model) };
@@ -620,8 +638,7 @@ pub unsafe extern "C" fn glimpse_session_create(
         Ok(s) => s.with_executor(exec),
         Err(Error::Arena { needed, .. }) => {
             set_last_error(format_args!(
-                "arena of {arena_len} bytes; this session needs {}",
-                needed.saturating_add(head)
+                "arena of {arena_len} bytes; this session needs {needed}"
             ));
             return GLIMPSE_ERR_ARENA;
         }
@@ -636,8 +653,8 @@ pub unsafe extern "C" fn glimpse_session_create(
         stream: None,
         session,
     };
-    let slot = arena.cast::<glimpse_session>();
-    // SAFETY: aligned (checked) and at least `head >= size_of` bytes (checked).
+    let slot = storage.cast::<glimpse_session>();
+    // SAFETY: aligned (checked) and at least `size_of` bytes (checked).
     unsafe {
         ptr::write(slot, handle);
         *out = slot;

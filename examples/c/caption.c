@@ -148,10 +148,9 @@ int main(int argc, char **argv) {
   /* 1. The model: bytes the program owns (a mapped file or flash on a board). */
   size_t model_len;
   uint8_t *model_bytes = read_file(model_path, GLIMPSE_ALIGN, &model_len);
-  void *model_storage = NULL;
-  if (posix_memalign(&model_storage, GLIMPSE_ALIGN, glimpse_model_size()) != 0) return 1;
+  static _Alignas(GLIMPSE_ALIGN) uint8_t model_storage[GLIMPSE_MODEL_STORAGE_BYTES];
   glimpse_model *model;
-  int rc = glimpse_model_open(model_bytes, model_len, model_storage, glimpse_model_size(), &model);
+  int rc = glimpse_model_open(model_bytes, model_len, model_storage, sizeof model_storage, &model);
   if (rc != GLIMPSE_OK) die(model_path, rc);
 
   /* 2. A session sized for these pictures and this prompt. */
@@ -169,8 +168,10 @@ int main(int argc, char **argv) {
   if (rc != GLIMPSE_OK) die("planning the session", rc);
   void *arena = NULL;
   if (posix_memalign(&arena, GLIMPSE_ALIGN, arena_len) != 0) return 1;
+  static _Alignas(GLIMPSE_ALIGN) uint8_t session_storage[GLIMPSE_SESSION_STORAGE_BYTES];
   glimpse_session *session;
-  rc = glimpse_session_create(model, &params, arena, arena_len, &session);
+  rc = glimpse_session_create(model, &params, session_storage, sizeof session_storage, arena,
+                              arena_len, &session);
   if (rc != GLIMPSE_OK) die("creating the session", rc);
 
   /* 3. One question per picture, the caption streamed to the callback. */
@@ -192,7 +193,6 @@ int main(int argc, char **argv) {
   glimpse_session_close(session);
   glimpse_model_close(model);
   free(arena);
-  free(model_storage);
   free(model_bytes);
   for (int i = 0; i < npics; i++) free(pics[i].rgb);
   return 0;

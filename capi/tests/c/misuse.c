@@ -136,26 +136,34 @@ int main(int argc, char **argv) {
   EXPECT(glimpse_session_arena_size((const glimpse_model *)(void *)px, &p, &need), GLIMPSE_ERR_HANDLE);
   EXPECT(glimpse_session_arena_size(model, &p, &need), GLIMPSE_OK);
   uint8_t *arena = aligned(GLIMPSE_ALIGN, need + GLIMPSE_ALIGN);
+  size_t ssize = glimpse_session_size();
+  CHECK(ssize <= GLIMPSE_SESSION_STORAGE_BYTES && msize <= GLIMPSE_MODEL_STORAGE_BYTES);
+  uint8_t *sstore = aligned(GLIMPSE_ALIGN, ssize + GLIMPSE_ALIGN);
   glimpse_session *s = NULL;
-  EXPECT(glimpse_session_create(model, &p, arena, need - 1, &s), GLIMPSE_ERR_ARENA);
-  EXPECT(glimpse_session_create(model, &p, arena, 16, &s), GLIMPSE_ERR_ARENA);
-  EXPECT(glimpse_session_create(model, &p, arena + 8, need, &s), GLIMPSE_ERR_ALIGNMENT);
-  EXPECT(glimpse_session_create(model, &p, NULL, need, &s), GLIMPSE_ERR_NULL);
+  EXPECT(glimpse_session_create(model, &p, sstore, ssize, arena, need - 1, &s), GLIMPSE_ERR_ARENA);
+  EXPECT(glimpse_session_create(model, &p, sstore, ssize, arena, 16, &s), GLIMPSE_ERR_ARENA);
+  EXPECT(glimpse_session_create(model, &p, sstore, ssize - 1, arena, need, &s), GLIMPSE_ERR_ARENA);
+  EXPECT(glimpse_session_create(model, &p, sstore, ssize, arena + 8, need, &s), GLIMPSE_ERR_ALIGNMENT);
+  EXPECT(glimpse_session_create(model, &p, sstore + 8, ssize, arena, need, &s), GLIMPSE_ERR_ALIGNMENT);
+  EXPECT(glimpse_session_create(model, &p, sstore, ssize, NULL, need, &s), GLIMPSE_ERR_NULL);
+  EXPECT(glimpse_session_create(model, &p, NULL, ssize, arena, need, &s), GLIMPSE_ERR_NULL);
   /* A context too short for the turn: refused before any work. */
   glimpse_session_params tiny = p;
   tiny.max_context = 24; /* the prompt and the picture need about 40 positions */
   size_t tiny_need;
   EXPECT(glimpse_session_arena_size(model, &tiny, &tiny_need), GLIMPSE_OK);
   uint8_t *tiny_arena = aligned(GLIMPSE_ALIGN, tiny_need);
+  uint8_t *tiny_store = aligned(GLIMPSE_ALIGN, ssize);
   glimpse_session *ts = NULL;
-  EXPECT(glimpse_session_create(model, &tiny, tiny_arena, tiny_need, &ts), GLIMPSE_OK);
+  EXPECT(glimpse_session_create(model, &tiny, tiny_store, ssize, tiny_arena, tiny_need, &ts), GLIMPSE_OK);
   {
     glimpse_frame tf = {px, px_len, w, h, GLIMPSE_RGB888};
     EXPECT(glimpse_ask(ts, &tf, q, strlen(q), NULL, NULL, NULL), GLIMPSE_ERR_CONTEXT);
   }
   EXPECT(glimpse_session_close(ts), GLIMPSE_OK);
   free(tiny_arena);
-  EXPECT(glimpse_session_create(model, &p, arena, need, &s), GLIMPSE_OK);
+  free(tiny_store);
+  EXPECT(glimpse_session_create(model, &p, sstore, ssize, arena, need, &s), GLIMPSE_OK);
 
   /* Asking with bad arguments: refused, and the session still works afterwards. */
   glimpse_frame f = {px, px_len, w, h, GLIMPSE_RGB888};
@@ -236,7 +244,7 @@ int main(int argc, char **argv) {
   EXPECT(glimpse_model_close(NULL), GLIMPSE_OK);
 
   /* A new session on the reopened model works. */
-  EXPECT(glimpse_session_create(model, &p, arena, need, &s), GLIMPSE_OK);
+  EXPECT(glimpse_session_create(model, &p, sstore, ssize, arena, need, &s), GLIMPSE_OK);
   n = 0;
   EXPECT(glimpse_ask(s, &f, q, strlen(q), count_tokens, &n, &r), GLIMPSE_OK);
   CHECK(n == first_n);
@@ -247,6 +255,7 @@ int main(int argc, char **argv) {
   printf("misuse: %d checks passed\n", checks);
   free(big);
   free(arena);
+  free(sstore);
   free(shifted);
   free(mstore);
   free(bytes);
