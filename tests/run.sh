@@ -11,6 +11,8 @@ rustup target add thumbv8m.main-none-eabihf aarch64-unknown-none
 bash tests/scripts/fetch_assets.sh
 # The bare-metal ports run in QEMU (qemu-system-arm/-aarch64 from bookworm-backports).
 bash tests/scripts/install_qemu.sh
+# The C firmware (capi/firmware/mps3-an547) is built with arm-none-eabi-gcc.
+bash tests/scripts/install_arm_gcc.sh
 export GLIMPSE_REQUIRE_ASSETS=1 GLIMPSE_REQUIRE_QEMU=1
 cargo test --workspace --release "$@"
 # `glimpse flash` (probe-rs) is a cargo feature, off by default: its dry-run tests run here.
