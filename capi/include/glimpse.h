@@ -188,6 +188,8 @@ size_t glimpse_model_size(void);
 // `glimpse_model_close`), verify every checksum and padding byte, and write its handle
 // into `storage` (`storage_len >= glimpse_model_size()`, aligned to `GLIMPSE_ALIGN`).
 //
+// Errors: GLIMPSE_ERR_NULL, GLIMPSE_ERR_ALIGNMENT, GLIMPSE_ERR_ARENA (storage too small), GLIMPSE_ERR_MODEL.
+//
 // # Safety
 //
 // `bytes` points to `len` readable bytes and `storage` to `storage_len` writable bytes,
@@ -202,10 +204,24 @@ int32_t glimpse_model_open(const uint8_t *bytes,
 // calls return `GLIMPSE_ERR_CLOSED`); then the model bytes and storage may be reused.
 // NULL is ignored.
 //
+// Errors: GLIMPSE_ERR_HANDLE (not an open model). Not thread-safe with calls on its sessions.
+//
 // # Safety
 //
 // `model` is NULL or a pointer `glimpse_model_open` returned whose storage is alive.
 int32_t glimpse_model_close(glimpse_model *model);
+
+#if defined(GLIMPSE_HOST)
+// Host builds only: map the model file at `path` (NUL-terminated), verify it and open
+// it, with the handle allocated by the library. `glimpse_model_close` unmaps the file
+// (a few hundred bytes of handle stay allocated, so sessions still see that it was
+// closed). Errors: `GLIMPSE_ERR_NULL`, `GLIMPSE_ERR_MODEL` (unreadable file included).
+//
+// # Safety
+//
+// `path` is NUL-terminated; `out` is writable.
+int32_t glimpse_model_open_file(const char *path, glimpse_model **out);
+#endif
 
 // The parameters every session starts from: frames up to 1024 pixels a side, prompts up
 // to 256 bytes, 64 new tokens, the model's context (capped at 2048), the calling thread,
@@ -221,6 +237,8 @@ size_t glimpse_session_size(void);
 // --context N --emit c` (with `--stream` when `keep_prefix` is set) prints as
 // `GLIMPSE_ARENA_BYTES` for the same values.
 //
+// Errors: GLIMPSE_ERR_NULL, GLIMPSE_ERR_HANDLE, GLIMPSE_ERR_PARAMS, GLIMPSE_ERR_MODEL.
+//
 // # Safety
 //
 // `model` is a live handle (or NULL), `params` and `bytes` are valid pointers (or NULL).
@@ -233,6 +251,8 @@ int32_t glimpse_session_arena_size(const glimpse_model *model,
 // (`arena_len` bytes from a `GLIMPSE_ALIGN`-aligned start, at least what
 // `glimpse_session_arena_size` says). Storage, arena and model must outlive the
 // session. Nothing is allocated.
+//
+// Errors: GLIMPSE_ERR_NULL, GLIMPSE_ERR_HANDLE, GLIMPSE_ERR_ALIGNMENT, GLIMPSE_ERR_ARENA, GLIMPSE_ERR_PARAMS, GLIMPSE_ERR_MODEL.
 //
 // # Safety
 //
@@ -255,6 +275,8 @@ int32_t glimpse_session_create(const glimpse_model *model,
 // that would overflow the context is refused before any work, and the conversation is
 // left as it was.
 //
+// Errors: GLIMPSE_STOPPED, GLIMPSE_ERR_NULL, GLIMPSE_ERR_LENGTH, GLIMPSE_ERR_FRAME, GLIMPSE_ERR_PROMPT, GLIMPSE_ERR_CONTEXT, GLIMPSE_ERR_CLOSED, GLIMPSE_ERR_HANDLE. One thread at a time per session; the callback runs on the calling thread.
+//
 // # Safety
 //
 // `session` is a live handle; `frame` (or NULL) describes readable pixels; `prompt`
@@ -269,6 +291,8 @@ int32_t glimpse_ask(glimpse_session *session,
 
 // Forget the conversation (the next `glimpse_ask` starts fresh) and any frame stream.
 //
+// Errors: GLIMPSE_ERR_NULL, GLIMPSE_ERR_HANDLE, GLIMPSE_ERR_CLOSED.
+//
 // # Safety
 //
 // `session` is a live handle.
@@ -279,6 +303,8 @@ int32_t glimpse_reset(glimpse_session *session);
 // whose 16x16 luma differs from the last captioned one by less than `min_change` (a
 // fraction of full scale; 0 captions every frame).
 //
+// Errors: GLIMPSE_ERR_NULL, GLIMPSE_ERR_HANDLE, GLIMPSE_ERR_CLOSED.
+//
 // # Safety
 //
 // `session` is a live handle.
@@ -286,6 +312,8 @@ int32_t glimpse_stream_begin(glimpse_session *session, float min_change);
 
 // Caption one frame of the stream started by `glimpse_stream_begin`. A skipped frame
 // generates nothing and sets `report->skipped`.
+//
+// Errors: as glimpse_ask, and GLIMPSE_ERR_PARAMS before glimpse_stream_begin.
 //
 // # Safety
 //
@@ -301,15 +329,12 @@ int32_t glimpse_stream_frame(glimpse_session *session,
 // End a session: its handle becomes unusable and the arena may be reused. A thread
 // pool it started is stopped. NULL is ignored.
 //
+// Errors: GLIMPSE_ERR_HANDLE (not a live session, or called from its own callback).
+//
 // # Safety
 //
 // `session` is NULL or a handle whose arena is alive.
 int32_t glimpse_session_close(glimpse_session *session);
-
-// The detail of the last error on this thread (a host build) or in the program (bare
-// metal): NUL-terminated, valid until the next failing call on the same thread; "" when
-// there was none.
-const char *glimpse_last_error(void);
 
 // The detail of the last error on this thread (a host build) or in the program (bare
 // metal): NUL-terminated, valid until the next failing call on the same thread; "" when

@@ -61,12 +61,8 @@ pub(crate) fn set_last_error(args: fmt::Arguments<'_>) {
     });
 }
 
-/// The detail of the last error on this thread (a host build) or in the program (bare
-/// metal): NUL-terminated, valid until the next failing call on the same thread; "" when
-/// there was none.
 #[cfg(feature = "std")]
-#[unsafe(no_mangle)]
-pub extern "C" fn glimpse_last_error() -> *const c_char {
+fn last_ptr() -> *const c_char {
     // The thread-local lives as long as the thread, and only a later error on this
     // thread rewrites it.
     LAST.with(|d| d.as_ptr().cast_const().cast::<c_char>())
@@ -115,11 +111,15 @@ pub(crate) fn set_last_error(args: fmt::Arguments<'_>) {
     single::LAST.set(args);
 }
 
+#[cfg(not(feature = "std"))]
+fn last_ptr() -> *const c_char {
+    single::LAST.ptr()
+}
+
 /// The detail of the last error on this thread (a host build) or in the program (bare
 /// metal): NUL-terminated, valid until the next failing call on the same thread; "" when
 /// there was none.
-#[cfg(not(feature = "std"))]
 #[unsafe(no_mangle)]
 pub extern "C" fn glimpse_last_error() -> *const c_char {
-    single::LAST.ptr()
+    last_ptr()
 }

@@ -102,6 +102,10 @@ pub struct glimpse_model {
     magic: u32,
     id: u32,
     model: Model<'static>,
+    /// The file mapping behind a model `glimpse_model_open_file` opened (unmapped at
+    /// close; the handle itself stays allocated so its sessions can see it was closed).
+    #[cfg(feature = "std")]
+    mapping: Option<*mut glimpse_host::MappedImage>,
 }
 
 impl core::fmt::Debug for glimpse_model {
@@ -368,6 +372,8 @@ pub extern "C" fn glimpse_model_size() -> usize {
 /// `glimpse_model_close`), verify every checksum and padding byte, and write its handle
 /// into `storage` (`storage_len >= glimpse_model_size()`, aligned to `GLIMPSE_ALIGN`).
 ///
+/// Errors: GLIMPSE_ERR_NULL, GLIMPSE_ERR_ALIGNMENT, GLIMPSE_ERR_ARENA (storage too small), GLIMPSE_ERR_MODEL.
+///
 /// # Safety
 ///
 /// `bytes` points to `len` readable bytes and `storage` to `storage_len` writable bytes,
@@ -420,6 +426,8 @@ pub unsafe extern "C" fn glimpse_model_open(
         magic: MODEL_MAGIC,
         id: NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed),
         model,
+        #[cfg(feature = "std")]
+        mapping: None,
     };
     let slot = storage.cast::<glimpse_model>();
     // SAFETY: `storage` is aligned (checked, GLIMPSE_ALIGN >= align_of) and large enough.
@@ -433,6 +441,8 @@ pub unsafe extern "C" fn glimpse_model_open(
 /// Close a model: its handle and every session made from it become unusable (their
 /// calls return `GLIMPSE_ERR_CLOSED`); then the model bytes and storage may be reused.
 /// NULL is ignored.
+///
+/// Errors: GLIMPSE_ERR_HANDLE (not an open model). Not thread-safe with calls on its sessions.
 ///
 /// # Safety
 ///
@@ -448,8 +458,82 @@ pub unsafe extern "C" fn glimpse_model_close(model: *mut glimpse_model) -> i32 {
         return refuse(GLIMPSE_ERR_HANDLE, "glimpse_model_close: not an open model");
     }
     m.magic = DEAD;
+    #[cfg(feature = "std")]
+    if let Some(map) = m.mapping.take() {
+        // SAFETY: `map` came from Box::into_raw in glimpse_model_open_file and is freed
+        // once (taken out of the handle); the model that borrowed it is dead.
+        drop(unsafe { std::boxed::Box::from_raw(map) });
+    }
     GLIMPSE_OK
 }
+
+/// Host builds only: map the model file at `path` (NUL-terminated), verify it and open
+/// it, with the handle allocated by the library. `glimpse_model_close` unmaps the file
+/// (a few hundred bytes of handle stay allocated, so sessions still see that it was
+/// closed). Errors: `GLIMPSE_ERR_NULL`, `GLIMPSE_ERR_MODEL` (unreadable file included).
+///
+/// # Safety
+///
+/// `path` is NUL-terminated; `out` is writable.
+#[cfg(feature = "std")]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn glimpse_model_open_file(
+    path: *const c_char,
+    out: *mut *mut glimpse_model,
+) -> i32 {
+    if path.is_null() || out.is_null() {
+        return refuse(GLIMPSE_ERR_NULL, "path and out must not be NULL");
+    }
+    // SAFETY: `out` is non-null and writable (caller contract).
+    unsafe { *out = ptr::null_mut() };
+    // SAFETY: NUL-terminated (caller contract).
+    let path = unsafe { core::ffi::CStr::from_ptr(path) };
+    let Ok(path) = path.to_str() else {
+        return refuse(GLIMPSE_ERR_MODEL, "the path is not UTF-8");
+    };
+    let map = match glimpse_host::MappedImage::open(path) {
+        Ok(m) => std::boxed::Box::into_raw(std::boxed::Box::new(m)),
+        Err(e) => {
+            set_last_error(format_args!("{path}: {e}"));
+            return GLIMPSE_ERR_MODEL;
+        }
+    };
+    // SAFETY: the mapping lives until glimpse_model_close frees it.
+    let bytes: &'static [u8] = unsafe { (*map).bytes() };
+    let storage = std::boxed::Box::into_raw(std::boxed::Box::new(Storage(
+        [0; GLIMPSE_MODEL_STORAGE_BYTES],
+    )));
+    let mut handle = ptr::null_mut();
+    // SAFETY: both buffers are valid for the program's life (the storage is never freed).
+    let rc = unsafe {
+        glimpse_model_open(
+            bytes.as_ptr(),
+            bytes.len(),
+            storage.cast(),
+            GLIMPSE_MODEL_STORAGE_BYTES,
+            &mut handle,
+        )
+    };
+    if rc != GLIMPSE_OK {
+        // SAFETY: from Box::into_raw above, not shared with anything.
+        unsafe {
+            drop(std::boxed::Box::from_raw(map));
+            drop(std::boxed::Box::from_raw(storage));
+        }
+        return rc;
+    }
+    // SAFETY: glimpse_model_open wrote a live handle there.
+    unsafe {
+        (*handle).mapping = Some(map);
+        *out = handle;
+    }
+    GLIMPSE_OK
+}
+
+/// Handle storage the library allocates for `glimpse_model_open_file`.
+#[cfg(feature = "std")]
+#[repr(C, align(64))]
+struct Storage([u8; GLIMPSE_MODEL_STORAGE_BYTES]);
 
 /// The live model behind `model`, or the error code.
 fn live_model<'m>(model: *const glimpse_model) -> Result<&'m glimpse_model, i32> {
@@ -518,6 +602,8 @@ pub extern "C" fn glimpse_session_size() -> usize {
 /// --context N --emit c` (with `--stream` when `keep_prefix` is set) prints as
 /// `GLIMPSE_ARENA_BYTES` for the same values.
 ///
+/// Errors: GLIMPSE_ERR_NULL, GLIMPSE_ERR_HANDLE, GLIMPSE_ERR_PARAMS, GLIMPSE_ERR_MODEL.
+///
 /// # Safety
 ///
 /// `model` is a live handle (or NULL), `params` and `bytes` are valid pointers (or NULL).
@@ -557,6 +643,8 @@ pub unsafe extern "C" fn glimpse_session_arena_size(
 /// (`arena_len` bytes from a `GLIMPSE_ALIGN`-aligned start, at least what
 /// `glimpse_session_arena_size` says). Storage, arena and model must outlive the
 /// session. Nothing is allocated.
+///
+/// Errors: GLIMPSE_ERR_NULL, GLIMPSE_ERR_HANDLE, GLIMPSE_ERR_ALIGNMENT, GLIMPSE_ERR_ARENA, GLIMPSE_ERR_PARAMS, GLIMPSE_ERR_MODEL.
 ///
 /// # Safety
 ///
@@ -807,6 +895,8 @@ fn with_session(
 /// that would overflow the context is refused before any work, and the conversation is
 /// left as it was.
 ///
+/// Errors: GLIMPSE_STOPPED, GLIMPSE_ERR_NULL, GLIMPSE_ERR_LENGTH, GLIMPSE_ERR_FRAME, GLIMPSE_ERR_PROMPT, GLIMPSE_ERR_CONTEXT, GLIMPSE_ERR_CLOSED, GLIMPSE_ERR_HANDLE. One thread at a time per session; the callback runs on the calling thread.
+///
 /// # Safety
 ///
 /// `session` is a live handle; `frame` (or NULL) describes readable pixels; `prompt`
@@ -853,6 +943,8 @@ pub unsafe extern "C" fn glimpse_ask(
 
 /// Forget the conversation (the next `glimpse_ask` starts fresh) and any frame stream.
 ///
+/// Errors: GLIMPSE_ERR_NULL, GLIMPSE_ERR_HANDLE, GLIMPSE_ERR_CLOSED.
+///
 /// # Safety
 ///
 /// `session` is a live handle.
@@ -873,6 +965,8 @@ pub unsafe extern "C" fn glimpse_reset(session: *mut glimpse_session) -> i32 {
 /// whose 16x16 luma differs from the last captioned one by less than `min_change` (a
 /// fraction of full scale; 0 captions every frame).
 ///
+/// Errors: GLIMPSE_ERR_NULL, GLIMPSE_ERR_HANDLE, GLIMPSE_ERR_CLOSED.
+///
 /// # Safety
 ///
 /// `session` is a live handle.
@@ -892,6 +986,8 @@ pub unsafe extern "C" fn glimpse_stream_begin(
 
 /// Caption one frame of the stream started by `glimpse_stream_begin`. A skipped frame
 /// generates nothing and sets `report->skipped`.
+///
+/// Errors: as glimpse_ask, and GLIMPSE_ERR_PARAMS before glimpse_stream_begin.
 ///
 /// # Safety
 ///
@@ -942,6 +1038,8 @@ pub unsafe extern "C" fn glimpse_stream_frame(
 
 /// End a session: its handle becomes unusable and the arena may be reused. A thread
 /// pool it started is stopped. NULL is ignored.
+///
+/// Errors: GLIMPSE_ERR_HANDLE (not a live session, or called from its own callback).
 ///
 /// # Safety
 ///

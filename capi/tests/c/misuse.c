@@ -252,6 +252,21 @@ int main(int argc, char **argv) {
   EXPECT(glimpse_model_close(model), GLIMPSE_OK);
 
   CHECK(glimpse_strerror(-999) != NULL && glimpse_strerror(GLIMPSE_OK) != NULL);
+
+#ifdef GLIMPSE_HOST
+  /* The host helper: the library maps the file and allocates the handle. */
+  glimpse_model *fm = NULL;
+  EXPECT(glimpse_model_open_file(NULL, &fm), GLIMPSE_ERR_NULL);
+  EXPECT(glimpse_model_open_file("/nonexistent/model.glim", &fm), GLIMPSE_ERR_MODEL);
+  EXPECT(glimpse_model_open_file(argv[1], &fm), GLIMPSE_OK);
+  EXPECT(glimpse_session_create(fm, &p, sstore, ssize, arena, need, &s), GLIMPSE_OK);
+  n = 0;
+  EXPECT(glimpse_ask(s, &f, q, strlen(q), count_tokens, &n, &r), GLIMPSE_OK);
+  CHECK(n == first_n);
+  EXPECT(glimpse_model_close(fm), GLIMPSE_OK);
+  EXPECT(glimpse_ask(s, &f, q, strlen(q), count_tokens, &n, &r), GLIMPSE_ERR_CLOSED);
+  EXPECT(glimpse_session_close(s), GLIMPSE_OK);
+#endif
   printf("misuse: %d checks passed\n", checks);
   free(big);
   free(arena);
