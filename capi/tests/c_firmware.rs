@@ -7,13 +7,15 @@
 //! (tests/scripts/install_arm_gcc.sh), which tests/run.sh installs; without them the test
 //! skips with a message, unless `GLIMPSE_REQUIRE_QEMU=1` (CI).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::{run, target_root, tiny_model};
+
 use glimpse_core::Model;
 use glimpse_tests::{glimpse_bin, workspace_root};
-use glimpse_tools::QuantArg;
-use glimpse_tools::convert::Options;
 use glimpse_tools::demo::{Captioner, QUESTION};
 use glimpse_tools::run::load_picture;
 
@@ -42,12 +44,6 @@ fn tools_present() -> bool {
     );
     eprintln!("skipping: {missing:?} not installed");
     false
-}
-
-fn target_root() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 /// The static library for the Cortex-M55, in its own target directory (its RUSTFLAGS
@@ -85,18 +81,6 @@ fn build_library() -> PathBuf {
     dir.join(TARGET).join("release")
 }
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("running a command");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
 /// The blob main.c reads at 0x9F000000: "GFRM", width, height, format, model bytes,
 /// pixel bytes, then the RGB888 pixels.
 fn frame_blob(path: &Path, width: usize, height: usize, rgb: &[u8], model_len: usize) {
@@ -115,9 +99,8 @@ fn c_firmware_in_qemu_captions_like_the_host() {
     }
     let lib_dir = build_library();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let model = tmp.path().join("tiny.glim");
+    let model = tiny_model(tmp.path());
     let src = workspace_root().join("models").join("tiny-fastvlm");
-    glimpse_tests::convert_file(&Options::new(src.clone(), model.clone(), QuantArg::Q8_0));
     let bytes = std::fs::read(&model).expect("model");
 
     let out_dir = tmp.path().join("build");

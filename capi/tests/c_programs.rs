@@ -3,22 +3,21 @@
 //! does, and capi/tests/c/misuse.c gets an error code for every misuse glimpse.h
 //! promises to catch.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::{run, target_root, tiny_model};
+
 use glimpse_core::Model;
 use glimpse_tests::workspace_root;
-use glimpse_tools::QuantArg;
-use glimpse_tools::convert::Options;
 use glimpse_tools::demo::{Captioner, QUESTION};
 use glimpse_tools::run::{Picture, load_picture};
 
 /// Where cargo puts release artifacts for this checkout.
 fn release_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
-        .join("release")
+    target_root().join("release")
 }
 
 /// Build the static library (a no-op when `cargo test --release` already did).
@@ -59,24 +58,6 @@ fn write_ppm(path: &Path, p: &Picture) {
     let mut bytes = format!("P6\n{} {}\n255\n", p.width, p.height).into_bytes();
     bytes.extend_from_slice(&p.rgb);
     std::fs::write(path, bytes).expect("writing a PPM");
-}
-
-fn tiny_model(dir: &Path) -> PathBuf {
-    let out = dir.join("tiny.glim");
-    let src = workspace_root().join("models").join("tiny-fastvlm");
-    glimpse_tests::convert_file(&Options::new(src, out.clone(), QuantArg::Q8_0))
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("running a C program");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 #[test]
