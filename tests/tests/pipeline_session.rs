@@ -544,6 +544,7 @@ fn glimpse_run_takes_a_picture_and_refuses_what_it_cannot_do() {
                 context: Some(128),
                 kv: KvArg::F16,
             },
+            threads: glimpse_tools::run::ThreadsArg { threads: Some(2) },
         },
     };
     glimpse_tools::run::run(&args(true, false)).unwrap();

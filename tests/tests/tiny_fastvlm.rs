@@ -160,11 +160,12 @@ fn e4m3_captions_stay_close() {
 #[test]
 fn demo_captions_the_bundled_samples() {
     let cache = tempfile::tempdir().expect("tempdir");
-    let demo = || {
+    let demo_with = |threads: &str| {
         let out = Command::new(glimpse_bin())
             .arg("demo")
             .arg("--cache")
             .arg(cache.path())
+            .args(["--threads", threads])
             .output()
             .expect("running glimpse demo");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -175,6 +176,7 @@ fn demo_captions_the_bundled_samples() {
         );
         (stdout, stderr)
     };
+    let demo = || demo_with("1");
     let (stdout, stderr) = demo();
     assert!(
         stderr.contains("converted "),
@@ -212,6 +214,10 @@ fn demo_captions_the_bundled_samples() {
             .collect()
     };
     assert_eq!(captions(&stdout), captions(&again));
+    // A thread pool (what `demo` starts by default on a multi-core machine) captions the
+    // same, token for token.
+    let (pooled, _) = demo_with("3");
+    assert_eq!(captions(&stdout), captions(&pooled));
 }
 
 /// `glimpse` with `args`, asserting success; returns stdout.

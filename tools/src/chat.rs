@@ -17,7 +17,7 @@ use glimpse_core::sampler::SamplerConfig;
 use glimpse_core::session::{ImageInput, Prompt, Report, Session, SessionOptions};
 use glimpse_hal::{ErrorKind, ErrorType, TokenSink};
 
-use crate::run::{HostClock, Picture, ShapeArgs, arena_for, load_picture};
+use crate::run::{HostClock, Picture, ShapeArgs, ThreadsArg, arena_for, load_picture};
 
 /// Longest user line, in bytes (the prompt buffer is planned for it).
 pub const MAX_LINE_BYTES: usize = 4096;
@@ -46,6 +46,9 @@ pub struct ChatArgs {
     /// Resolution, context (the positions the conversation may use) and KV format.
     #[command(flatten)]
     pub shape: ShapeArgs,
+    /// Threads.
+    #[command(flatten)]
+    pub threads: ThreadsArg,
 }
 
 /// Writes the answer as it streams.
@@ -99,7 +102,7 @@ fn parse(line: &str) -> Option<Line<'_>> {
 
 /// The conversation loop's state besides the session.
 struct Chat<'s, 'a, 'w> {
-    session: Session<'a, 'w, HostClock>,
+    session: Session<'a, 'w, HostClock, &'a mut glimpse_host::ThreadPool>,
     system: Option<&'s str>,
     /// A picture the next turn asks about.
     pending: Option<Picture>,
@@ -245,7 +248,9 @@ pub fn run(a: &ChatArgs) -> Result<ExitCode> {
     opts.max_new_tokens = a.max_tokens;
     let plan = ArenaPlan::new(&image, &opts.plan)?;
     let mut arena = arena_for(&plan);
-    let session = Session::new(&image, &mut arena, HostClock::new(), opts)?;
+    let mut pool = a.threads.pool()?;
+    let session =
+        Session::new(&image, &mut arena, HostClock::new(), opts)?.with_executor(&mut pool);
     let mut chat = Chat {
         session,
         system: a.system.as_deref(),

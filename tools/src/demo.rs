@@ -46,6 +46,9 @@ pub struct DemoArgs {
     /// Most tokens per caption.
     #[arg(long, default_value_t = 32)]
     pub max_tokens: usize,
+    /// Threads.
+    #[command(flatten)]
+    pub threads: crate::run::ThreadsArg,
 }
 
 /// The bundled model directory of this checkout.
@@ -71,6 +74,7 @@ pub struct Captioner<'i, 'w> {
     plan: ArenaPlan,
     arena: Vec<u8>,
     options: SessionOptions,
+    pool: glimpse_host::ThreadPool,
 }
 
 impl std::fmt::Debug for Captioner<'_, '_> {
@@ -102,7 +106,14 @@ impl<'i, 'w> Captioner<'i, 'w> {
             plan,
             arena,
             options,
+            pool: glimpse_host::ThreadPool::new(1).context("a one-thread pool")?,
         })
+    }
+
+    /// The same captioner splitting its work across `pool` (the same captions to the
+    /// bit).
+    pub fn with_pool(self, pool: glimpse_host::ThreadPool) -> Self {
+        Captioner { pool, ..self }
     }
 
     /// The plan every caption runs in.
@@ -117,7 +128,8 @@ impl<'i, 'w> Captioner<'i, 'w> {
             &mut self.arena,
             HostClock::new(),
             self.options.clone(),
-        )?;
+        )?
+        .with_executor(&mut self.pool);
         let mut sink = CollectSink::default();
         let report = session.run(
             Prompt::chat(prompt),
@@ -249,7 +261,8 @@ pub fn run(a: &DemoArgs) -> Result<ExitCode> {
         .map(|p| p.width.max(p.height))
         .max()
         .unwrap_or(DEFAULT_MAX_FRAME_SIDE);
-    let mut captioner = Captioner::new(&image, &a.prompt, side, a.max_tokens)?;
+    let mut captioner =
+        Captioner::new(&image, &a.prompt, side, a.max_tokens)?.with_pool(a.threads.pool()?);
     let expected = expected_captions(&model);
 
     let mut stdout = std::io::stdout().lock();

@@ -31,6 +31,9 @@ pub struct PipelineArgs {
     /// Resolution, context and KV format.
     #[command(flatten)]
     pub shape: ShapeArgs,
+    /// Threads.
+    #[command(flatten)]
+    pub threads: ThreadsArg,
 }
 
 /// What a session's plan is sized for, as `run`, `stream` and `chat` take it.
@@ -55,6 +58,26 @@ impl ShapeArgs {
             o.plan.max_context = c;
         }
         o.plan.kv = self.kv.into();
+    }
+}
+
+/// How many threads a command that runs a model splits its work across.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct ThreadsArg {
+    /// Threads to split the work across, the calling one included [default: the
+    /// machine's physical cores]. Results are the same to the bit for any count.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+impl ThreadsArg {
+    /// The pool to hand the session (one thread runs on the caller alone).
+    pub fn pool(&self) -> Result<glimpse_host::ThreadPool> {
+        let n = self
+            .threads
+            .unwrap_or_else(glimpse_host::physical_cores)
+            .max(1);
+        glimpse_host::ThreadPool::new(n).with_context(|| format!("starting {n} threads"))
     }
 }
 
@@ -207,7 +230,9 @@ pub fn run(a: &RunArgs) -> Result<ExitCode> {
     let opts = session_options(a, &image, picture.as_ref());
     let plan = ArenaPlan::new(&image, &opts.plan)?;
     let mut arena = arena_for(&plan);
-    let mut session = Session::new(&image, &mut arena, HostClock::new(), opts)?;
+    let mut pool = a.pipeline.threads.pool()?;
+    let mut session =
+        Session::new(&image, &mut arena, HostClock::new(), opts)?.with_executor(&mut pool);
     let mut sink = StdoutSink {
         out: std::io::stdout(),
         text: String::new(),

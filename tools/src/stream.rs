@@ -19,7 +19,7 @@ use glimpse_core::session::{Prompt, Session, SessionOptions};
 use glimpse_core::stream::FrameStream;
 use glimpse_host::video::{RawFrames, VideoError, animation_frames, directory_frames, parse_size};
 
-use crate::run::{CollectSink, HostClock, Picture, ShapeArgs, arena_for};
+use crate::run::{CollectSink, HostClock, Picture, ShapeArgs, ThreadsArg, arena_for};
 
 /// Default change threshold: 0.2% of full scale, as the mean luma difference of the
 /// 16x16 thumbnails. On the bundled clip a held frame measures 0 and a 3-pixel slide
@@ -66,6 +66,9 @@ pub struct StreamArgs {
     /// Resolution, context and KV format.
     #[command(flatten)]
     pub shape: ShapeArgs,
+    /// Threads.
+    #[command(flatten)]
+    pub threads: ThreadsArg,
     /// One JSON object per frame, then a summary line.
     #[arg(long)]
     pub json: bool,
@@ -131,7 +134,9 @@ pub fn run(a: &StreamArgs) -> Result<ExitCode> {
     opts.max_new_tokens = a.max_tokens;
     let plan = ArenaPlan::new(&image, &opts.plan)?;
     let mut arena = arena_for(&plan);
-    let mut session = Session::new(&image, &mut arena, HostClock::new(), opts)?;
+    let mut pool = a.threads.pool()?;
+    let mut session =
+        Session::new(&image, &mut arena, HostClock::new(), opts)?.with_executor(&mut pool);
     let prompt = Prompt::Chat {
         system: a.system.as_deref(),
         user: &a.prompt,

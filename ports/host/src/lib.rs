@@ -12,7 +12,7 @@ pub mod video;
 
 pub use clock::HostClock;
 pub use picture::{Picture, PictureError, PictureFiles};
-pub use pool::{ThreadPool, install_default_pool};
+pub use pool::{ThreadPool, install_default_pool, physical_cores};
 
 use std::fs::File;
 use std::io::{BufWriter, Write};

@@ -127,6 +127,11 @@ impl ThreadPool {
         })
     }
 
+    /// A pool with one thread per physical core ([`physical_cores`]).
+    pub fn with_physical_cores() -> std::io::Result<Self> {
+        Self::new(physical_cores())
+    }
+
     /// A pool with one thread per available core.
     pub fn with_available_parallelism() -> std::io::Result<Self> {
         Self::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -135,6 +140,26 @@ impl ThreadPool {
     /// Threads in all, the caller included.
     pub fn threads(&self) -> usize {
         self.threads
+    }
+}
+
+/// Physical cores this process may use: the CPUs it may run on, counting SMT siblings
+/// (Linux `topology/thread_siblings_list`) once, as llama.cpp does (a second hardware
+/// thread on a core adds little to int8 GEMMs and contends for its caches). Falls back to
+/// the available parallelism where the topology cannot be read.
+pub fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut cores = std::collections::BTreeSet::new();
+    for cpu in 0..logical.max(1) * 4 {
+        let path = format!("/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list");
+        if let Ok(s) = std::fs::read_to_string(path) {
+            cores.insert(s.trim().to_string());
+        }
+    }
+    if cores.is_empty() {
+        logical
+    } else {
+        cores.len().clamp(1, logical)
     }
 }
 
