@@ -626,9 +626,7 @@ pub unsafe extern "C" fn glimpse_session_arena_size(
         Ok(o) => o,
         Err(code) => return code,
     };
-    let mut plan_opts = opts.plan;
-    plan_opts.sampling |= !opts.sampler.is_greedy();
-    match ArenaPlan::new(&m.model, &plan_opts) {
+    match ArenaPlan::new(&m.model, &opts.plan_options()) {
         Ok(plan) => {
             // SAFETY: non-null, caller contract.
             unsafe { *bytes = plan.total() };
@@ -755,6 +753,18 @@ fn live_session<'s>(s: *mut glimpse_session) -> Result<&'s mut glimpse_session, 
     if s.is_null() {
         return Err(refuse(GLIMPSE_ERR_NULL, "session is NULL"));
     }
+    let h = session_handle(s)?;
+    // SAFETY: the model storage outlives the session (caller contract); its magic and id
+    // tell whether it is still the model the session was made from.
+    let m = unsafe { &*h.model };
+    if m.magic != MODEL_MAGIC || m.id != h.model_id {
+        return Err(refuse(GLIMPSE_ERR_CLOSED, "the session's model was closed"));
+    }
+    Ok(h)
+}
+
+/// The idle session handle at `s` (non-null), whatever became of its model.
+fn session_handle<'s>(s: *mut glimpse_session) -> Result<&'s mut glimpse_session, i32> {
     if !(s as usize).is_multiple_of(align_of::<glimpse_session>()) {
         return Err(refuse(
             GLIMPSE_ERR_HANDLE,
@@ -771,12 +781,6 @@ fn live_session<'s>(s: *mut glimpse_session) -> Result<&'s mut glimpse_session, 
             GLIMPSE_ERR_HANDLE,
             "the session is in use (called from its own token callback?)",
         ));
-    }
-    // SAFETY: the model storage outlives the session (caller contract); its magic and id
-    // tell whether it is still the model the session was made from.
-    let m = unsafe { &*h.model };
-    if m.magic != MODEL_MAGIC || m.id != h.model_id {
-        return Err(refuse(GLIMPSE_ERR_CLOSED, "the session's model was closed"));
     }
     Ok(h)
 }
@@ -1049,20 +1053,10 @@ pub unsafe extern "C" fn glimpse_session_close(session: *mut glimpse_session) ->
     if session.is_null() {
         return GLIMPSE_OK;
     }
-    if !(session as usize).is_multiple_of(align_of::<glimpse_session>()) {
-        return refuse(GLIMPSE_ERR_HANDLE, "not a session handle (misaligned)");
-    }
-    // SAFETY: caller contract; checked by the magic number.
-    let h = unsafe { &mut *session };
-    if h.magic != SESSION_MAGIC {
-        return refuse(
-            GLIMPSE_ERR_HANDLE,
-            "glimpse_session_close: not a live session",
-        );
-    }
-    if h.busy {
-        return refuse(GLIMPSE_ERR_HANDLE, "the session is in use");
-    }
+    let h = match session_handle(session) {
+        Ok(h) => h,
+        Err(code) => return code,
+    };
     h.magic = DEAD;
     // SAFETY: the handle was written by glimpse_session_create and is dropped once (the
     // magic is dead from here on), which stops a thread pool it owns.

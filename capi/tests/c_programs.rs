@@ -20,8 +20,14 @@ fn release_dir() -> PathBuf {
     target_root().join("release")
 }
 
-/// Build the static library (a no-op when `cargo test --release` already did).
+/// Build the static library once per test run (a no-op when `cargo test --release`
+/// already did), for both tests here.
 fn build_library() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_library_now).clone()
+}
+
+fn build_library_now() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .args(["build", "--release", "-p", "glimpse-capi"])

@@ -118,6 +118,14 @@ impl SessionOptions {
         }
     }
 
+    /// The plan these options need: [`SessionOptions::plan`] with the sampler's scratch
+    /// added when the sampler is not greedy (what [`Session::new`] plans).
+    pub fn plan_options(&self) -> PlanOptions {
+        let mut plan = self.plan;
+        plan.sampling |= !self.sampler.is_greedy();
+        plan
+    }
+
     /// The same options with `sampler` (and the sampler scratch planned when it samples).
     pub fn with_sampler(mut self, sampler: SamplerConfig) -> Self {
         self.plan.sampling = !sampler.is_greedy();
@@ -349,9 +357,7 @@ impl<'a, 'w, C: MonotonicClock> Session<'a, 'w, C> {
         clock: C,
         options: SessionOptions,
     ) -> Result<Self, Error> {
-        let mut plan_opts = options.plan;
-        plan_opts.sampling |= !options.sampler.is_greedy();
-        let plan = ArenaPlan::new(image, &plan_opts)?;
+        let plan = ArenaPlan::new(image, &options.plan_options())?;
         let len = arena.len();
         let pad = arena.as_ptr().align_offset(ALIGN).min(ALIGN);
         let needed = plan.total().saturating_add(pad);
